@@ -1,0 +1,151 @@
+//! The runtime behind one registry slot. The generated code gives every stage
+//! a marker implementing [`Service`]; [`Slot`] holds that stage's binding.
+
+use std::sync::Arc;
+
+use tonic::service::RoutesBuilder;
+use tonic::transport::Channel;
+
+use crate::{Binding, Limits, RegistryError, Stage};
+
+/// What the generator knows about one stage, so generic code can bind it.
+pub trait Service: 'static {
+    /// The stage trait object, e.g. `dyn Recall`.
+    type Api: ?Sized + Send + Sync + 'static;
+    /// Which stage this is.
+    const STAGE: Stage;
+    /// The remote adapter over `channel`.
+    fn remote(channel: Channel, target: RemoteTarget) -> Arc<Self::Api>;
+    /// Adds the tonic server for `imp` to `routes`.
+    fn add_routes(imp: Arc<Self::Api>, routes: &mut RoutesBuilder, limits: &Limits);
+}
+
+/// Where a remote stage lives; names it in every transport error.
+#[derive(Clone, Debug)]
+pub struct RemoteTarget {
+    /// The stage reached.
+    pub stage: Stage,
+    /// The endpoints balanced over.
+    pub endpoints: Vec<String>,
+    /// Message size limits of the client.
+    pub limits: Limits,
+}
+
+impl RemoteTarget {
+    /// Rewrites a transport failure (nothing came back from the stage itself)
+    /// as `UNAVAILABLE` naming the stage; statuses the stage returned pass as-is.
+    pub fn status(&self, status: tonic::Status) -> tonic::Status {
+        use std::error::Error as _;
+        let from_transport = status.source().is_some();
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => status,
+            _ if from_transport => tonic::Status::unavailable(format!(
+                "stage `{}` unreachable at {}: {}",
+                self.stage.name(),
+                self.endpoints.join(", "),
+                status.message()
+            )),
+            _ => status,
+        }
+    }
+}
+
+/// One stage's binding in a [`Registry`](crate::Registry).
+pub struct Slot<S: Service> {
+    /// Unbound until config or the app binds it.
+    state: State<S::Api>,
+}
+
+enum State<T: ?Sized> {
+    Unbound,
+    Local(Arc<T>),
+    Remote {
+        stub: Arc<T>,
+        endpoints: Vec<String>,
+    },
+}
+
+impl<S: Service> Default for Slot<S> {
+    fn default() -> Self {
+        Self {
+            state: State::Unbound,
+        }
+    }
+}
+
+impl<S: Service> Slot<S> {
+    /// The bound stage: the implementation itself or the remote adapter.
+    pub fn get(&self) -> Result<Arc<S::Api>, RegistryError> {
+        match &self.state {
+            State::Unbound => Err(RegistryError::unbound(S::STAGE)),
+            State::Local(imp) => Ok(Arc::clone(imp)),
+            State::Remote { stub, .. } => Ok(Arc::clone(stub)),
+        }
+    }
+
+    /// Binds the in-process implementation.
+    pub fn provide(&mut self, imp: Arc<S::Api>) -> Result<(), RegistryError> {
+        self.refuse_rebind("local")?;
+        self.state = State::Local(imp);
+        Ok(())
+    }
+
+    fn refuse_rebind(&self, requested: &'static str) -> Result<(), RegistryError> {
+        let existing = match self.state {
+            State::Unbound => return Ok(()),
+            State::Local(_) => "local",
+            State::Remote { .. } => "grpc",
+        };
+        Err(RegistryError::AlreadyBound {
+            stage: S::STAGE.name(),
+            existing,
+            requested,
+        })
+    }
+}
+
+/// A slot with its stage type erased, so the registry can walk all of them.
+pub trait AnySlot {
+    /// The slot's stage.
+    fn stage(&self) -> Stage;
+    /// Binds the slot to a remote over `channel`.
+    fn bind_remote(&mut self, channel: Channel, target: RemoteTarget) -> Result<(), RegistryError>;
+    /// Adds the local implementation, if any, to `routes`; true if it did.
+    fn add_routes(&self, routes: &mut RoutesBuilder, limits: &Limits) -> bool;
+    /// How the slot is bound.
+    fn binding(&self) -> Binding;
+}
+
+impl<S: Service> AnySlot for Slot<S> {
+    fn stage(&self) -> Stage {
+        S::STAGE
+    }
+
+    fn bind_remote(&mut self, channel: Channel, target: RemoteTarget) -> Result<(), RegistryError> {
+        self.refuse_rebind("grpc")?;
+        let endpoints = target.endpoints.clone();
+        self.state = State::Remote {
+            stub: S::remote(channel, target),
+            endpoints,
+        };
+        Ok(())
+    }
+
+    fn add_routes(&self, routes: &mut RoutesBuilder, limits: &Limits) -> bool {
+        match &self.state {
+            State::Local(imp) => {
+                S::add_routes(Arc::clone(imp), routes, limits);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn binding(&self) -> Binding {
+        match &self.state {
+            State::Unbound => Binding::Unbound,
+            State::Local(_) => Binding::Local,
+            State::Remote { endpoints, .. } => Binding::Grpc(endpoints.clone()),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The `[business]` config section: tenants.
+
+use std::collections::BTreeMap;
+
+use proxy_api::ConfigError;
+use serde::{Deserialize, Serialize};
+
+/// Largest page business ever asks rerank for (the fine-rank pool).
+pub const MAX_POOL: u32 = 200;
+
+/// Tenants and which one serves requests that name none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Tenant used when a request carries no `x-tenant`.
+    pub default_tenant: String,
+    /// Tenants by name.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// What one tenant may ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Largest `page_size` accepted.
+    pub max_page_size: u32,
+    /// Category names this tenant may show; empty means all.
+    pub allowed_categories: Vec<String>,
+    /// Experiment layers this tenant takes part in; empty means all.
+    pub layers: Vec<String>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            max_page_size: 50,
+            allowed_categories: Vec::new(),
+            layers: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut tenants = BTreeMap::new();
+        tenants.insert("default".to_owned(), TenantConfig::default());
+        tenants.insert(
+            "lite".to_owned(),
+            TenantConfig {
+                max_page_size: 20,
+                allowed_categories: ["news", "sports", "music", "tech", "food", "travel"]
+                    .map(String::from)
+                    .to_vec(),
+                layers: vec!["ranking".to_owned()],
+            },
+        );
+        Self {
+            default_tenant: "default".into(),
+            tenants,
+        }
+    }
+}
+
+impl Config {
+    /// Checks tenants; errors name the key under `business.`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.tenants.contains_key(&self.default_tenant) {
+            return Err(ConfigError::new(
+                "business.default_tenant",
+                format!("{:?} is not one of business.tenants", self.default_tenant),
+            ));
+        }
+        for (name, tenant) in &self.tenants {
+            if !(1..=MAX_POOL).contains(&tenant.max_page_size) {
+                return Err(ConfigError::new(
+                    format!("business.tenants.{name}.max_page_size"),
+                    format!("{} is out of range 1..={MAX_POOL}", tenant.max_page_size),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn missing_default_tenant_rejected() {
+        let cfg = Config {
+            default_tenant: "nobody".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.validate().expect_err("nobody").key,
+            "business.default_tenant"
+        );
+    }
+
+    #[test]
+    fn zero_page_limit_rejected() {
+        let mut cfg = Config::default();
+        cfg.tenants.get_mut("lite").expect("lite").max_page_size = 0;
+        assert_eq!(
+            cfg.validate().expect_err("zero").key,
+            "business.tenants.lite.max_page_size"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The business logic and its `Business` implementation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use proxy_api::{CallContext, pb};
+use world::World;
+
+use crate::config::MAX_POOL;
+use crate::pb::{cursor, feed_item, parse_cursor};
+use crate::{Config, Error};
+
+/// Which slice of the ranked list a request wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Index of the first item.
+    pub offset: u32,
+    /// Items on the page.
+    pub size: u32,
+}
+
+/// The business stage.
+pub struct BusinessStage {
+    /// The shared catalogue (item metadata).
+    world: Arc<World>,
+    /// Tenants.
+    config: Config,
+    /// Where the request goes next, bound local or grpc.
+    split: Arc<dyn proxy_api::Split>,
+}
+
+impl BusinessStage {
+    /// A business stage in front of `split`.
+    pub fn new(world: Arc<World>, config: Config, split: Arc<dyn proxy_api::Split>) -> Self {
+        Self {
+            world,
+            config,
+            split,
+        }
+    }
+
+    /// Validates a request against its tenant; returns the tenant's name and the page.
+    pub fn check(
+        &self,
+        tenant: Option<&str>,
+        request: &pb::GetFeedRequest,
+    ) -> Result<(String, Page), Error> {
+        let tenant = tenant.unwrap_or(&self.config.default_tenant);
+        let limits = self
+            .config
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| Error::UnknownTenant(tenant.to_owned()))?;
+        if request.user_id.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "user_id",
+                message: "must not be empty".into(),
+            });
+        }
+        if request.page_size == 0 || request.page_size > limits.max_page_size {
+            return Err(Error::InvalidArgument {
+                field: "page_size",
+                message: format!(
+                    "{} is out of range 1..={} for tenant {tenant:?}",
+                    request.page_size, limits.max_page_size
+                ),
+            });
+        }
+        let offset = parse_cursor(&request.cursor).ok_or_else(|| Error::InvalidArgument {
+            field: "cursor",
+            message: format!("{:?} is not a cursor this service issued", request.cursor),
+        })?;
+        if offset >= MAX_POOL {
+            return Err(Error::InvalidArgument {
+                field: "cursor",
+                message: format!("offset {offset} is past the end of the feed"),
+            });
+        }
+        Ok((
+            tenant.to_owned(),
+            Page {
+                offset,
+                size: request.page_size,
+            },
+        ))
+    }
+}
+
+#[proxy_api::async_trait]
+impl proxy_api::Business for BusinessStage {
+    async fn get_feed(
+        &self,
+        request: tonic::Request<pb::GetFeedRequest>,
+    ) -> Result<tonic::Response<pb::GetFeedResponse>, tonic::Status> {
+        let started = Instant::now();
+        let ctx = CallContext::of(&request);
+        let request = request.into_inner();
+        let (tenant, page) = self.check(ctx.tenant.as_deref(), &request)?;
+        let limits = &self.config.tenants[&tenant];
+        // With a category filter, ask for the whole pool so filtering still fills the page.
+        let limit = if limits.allowed_categories.is_empty() {
+            (page.offset + page.size).min(MAX_POOL)
+        } else {
+            MAX_POOL
+        };
+        let own = started.elapsed();
+        let split = self
+            .split
+            .split(ctx.request(pb::SplitRequest {
+                user_id: request.user_id,
+                limit,
+                context: request.context,
+                layers: limits.layers.clone(),
+                explain: request.explain,
+            }))
+            .await
+            .map_err(Error::from)?
+            .into_inner();
+        let after = Instant::now();
+        let ranked: Vec<pb::FeedItem> = split
+            .items
+            .into_iter()
+            .filter_map(|s| feed_item(&self.world, s))
+            .filter(|f| {
+                limits.allowed_categories.is_empty()
+                    || limits.allowed_categories.contains(&f.category)
+            })
+            .collect();
+        let end = (page.offset + page.size) as usize;
+        let items: Vec<pb::FeedItem> = ranked
+            .iter()
+            .skip(page.offset as usize)
+            .take(page.size as usize)
+            .cloned()
+            .collect();
+        let next_cursor = if ranked.len() > end {
+            cursor(end as u32)
+        } else {
+            String::new()
+        };
+        let mut timings = split.timings;
+        if request.explain {
+            timings.push(pb::StageTiming {
+                stage: "business".into(),
+                self_us: (own + after.elapsed()).as_micros() as u64,
+            });
+        }
+        Ok(tonic::Response::new(pb::GetFeedResponse {
+            items,
+            next_cursor,
+            assignment: split.assignment,
+            timings,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSplit;
+
+    #[proxy_api::async_trait]
+    impl proxy_api::Split for NoSplit {
+        async fn split(
+            &self,
+            _: tonic::Request<pb::SplitRequest>,
+        ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn stage() -> BusinessStage {
+        let cfg = world::WorldConfig {
+            items: 1_000,
+            ..world::WorldConfig::default()
+        };
+        BusinessStage::new(
+            Arc::new(World::generate(&cfg)),
+            Config::default(),
+            Arc::new(NoSplit),
+        )
+    }
+
+    fn request(user: &str, page_size: u32, cursor: &str) -> pb::GetFeedRequest {
+        pb::GetFeedRequest {
+            user_id: user.into(),
+            page_size,
+            cursor: cursor.into(),
+            ..Default::default()
+        }
+    }
+
+    fn field(err: Error) -> &'static str {
+        match err {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected an invalid argument, got {other}"),
+        }
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let s = stage();
+        assert_eq!(
+            field(s.check(None, &request("", 10, "")).expect_err("empty user")),
+            "user_id"
+        );
+        assert_eq!(
+            field(s.check(None, &request("1", 0, "")).expect_err("zero")),
+            "page_size"
+        );
+        assert_eq!(
+            field(s.check(None, &request("1", 51, "")).expect_err("too big")),
+            "page_size"
+        );
+        assert_eq!(
+            field(
+                s.check(Some("lite"), &request("1", 21, ""))
+                    .expect_err("lite")
+            ),
+            "page_size"
+        );
+        assert_eq!(
+            field(s.check(None, &request("1", 10, "zz")).expect_err("cursor")),
+            "cursor"
+        );
+    }
+
+    #[test]
+    fn unknown_tenant_is_not_found() {
+        let err = stage()
+            .check(Some("acme"), &request("1", 10, ""))
+            .expect_err("acme");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn cursor_round_trips() {
+        let (_, page) = stage()
+            .check(None, &request("1", 10, &cursor(30)))
+            .expect("ok");
+        assert_eq!(
+            page,
+            Page {
+                offset: 30,
+                size: 10
+            }
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! The `[finerank]` config section.
+
+use serde::{Deserialize, Serialize};
+
+/// Fine-rank defaults; experiments override `finerank.keep` and `finerank.model`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Candidates kept after scoring.
+    pub keep: u32,
+    /// Model version used when no experiment picks one (`v1` or `v2`).
+    pub model: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            keep: 200,
+            model: "v1".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values; errors name the key under `finerank.`.
+    pub fn validate(&self) -> Result<(), proxy_api::ConfigError> {
+        if !(1..=5_000).contains(&self.keep) {
+            return Err(proxy_api::ConfigError::new(
+                "finerank.keep",
+                format!("{} is out of range 1..=5000", self.keep),
+            ));
+        }
+        if crate::Model::named(&self.model).is_none() {
+            return Err(proxy_api::ConfigError::new(
+                "finerank.model",
+                format!(
+                    "unknown model {:?} (known: {})",
+                    self.model,
+                    crate::Model::NAMES.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_model_rejected() {
+        let cfg = Config {
+            model: "v9".into(),
+            ..Config::default()
+        };
+        assert_eq!(cfg.validate().expect_err("v9").key, "finerank.model");
+    }
+}

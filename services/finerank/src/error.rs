@@ -1,0 +1,28 @@
+//! Errors of the fine-rank stage.
+
+/// What can go wrong while ranking.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An experiment parameter names no known model or is not a number.
+    #[error("experiment parameter `{key}` = {value:?}: {why}")]
+    BadParam {
+        /// The parameter's key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        why: String,
+    },
+    /// Recall failed.
+    #[error(transparent)]
+    Downstream(#[from] tonic::Status),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::Downstream(status) => status,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Errors of the recall stage.
+
+/// What can go wrong while recalling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An experiment parameter could not be parsed.
+    #[error("experiment parameter `{key}` = {value:?} is not a number")]
+    BadParam {
+        /// The parameter's key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Conversions between the `feeds.v1` messages and the recall domain types.
+
+use proxy_api::pb;
+
+use crate::{Candidate, Query};
+
+impl Query {
+    /// Reads a query out of a request, keeping only what recall uses.
+    pub(crate) fn from_pb(request: &pb::RecallRequest) -> Self {
+        let context = request.context.as_ref();
+        Self {
+            user: world::user_key(&request.user_id),
+            recent: context.map(|c| c.recent_items.clone()).unwrap_or_default(),
+            params: request
+                .assignment
+                .as_ref()
+                .map(|a| a.params.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Candidate> for pb::ScoredItem {
+    fn from(c: Candidate) -> Self {
+        pb::ScoredItem {
+            item_id: c.item,
+            score: c.score,
+            channel: c.channel.name().to_owned(),
+        }
+    }
+}

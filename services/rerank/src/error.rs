@@ -1,0 +1,26 @@
+//! Errors of the rerank stage.
+
+/// What can go wrong while reranking.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An experiment parameter could not be parsed or is out of range.
+    #[error("experiment parameter `{key}` = {value:?} is invalid")]
+    BadParam {
+        /// The parameter's key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Fine-rank failed.
+    #[error(transparent)]
+    Downstream(#[from] tonic::Status),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::Downstream(status) => status,
+        }
+    }
+}
