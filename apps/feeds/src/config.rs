@@ -1,0 +1,286 @@
+//! The process config: one section per stage plus `process`, `remote` and
+//! `world`, layered defaults -> `--config` TOML -> `FEEDS__SECTION__KEY` env.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use proxy_api::{ConfigError, Limits, RemoteConfig, Stage};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of config environment variables; `__` separates keys.
+pub const ENV_PREFIX: &str = "FEEDS__";
+
+/// Everything one `feeds serve` process needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What this process hosts and where it listens.
+    pub process: ProcessConfig,
+    /// How to reach each stage this process does not host, by stage name.
+    pub remote: BTreeMap<String, RemoteConfig>,
+    /// The generated catalogue the stages share.
+    pub world: world::WorldConfig,
+    /// The business stage.
+    pub business: business::Config,
+    /// The split stage.
+    pub split: split::Config,
+    /// The rerank stage.
+    pub rerank: rerank::Config,
+    /// The fine-rank stage.
+    pub finerank: finerank::Config,
+    /// The recall stage.
+    pub recall: recall::Config,
+}
+
+/// The `[process]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// gRPC listen address; every hosted stage is served there.
+    pub listen: String,
+    /// Stages hosted (run in-process and served), by name.
+    pub host: Vec<String>,
+    /// Message size limits for clients and servers.
+    pub limits: Limits,
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            host: Stage::ALL.iter().map(|s| s.name().to_owned()).collect(),
+            limits: Limits::default(),
+            worker_threads: 0,
+        }
+    }
+}
+
+/// A validated config, resolved into what the process will run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Parsed `process.listen`.
+    pub listen: SocketAddr,
+    /// Hosted stages, chain order.
+    pub hosted: Vec<Stage>,
+    /// Remote stages and how to reach them, chain order.
+    pub remotes: Vec<(Stage, RemoteConfig)>,
+}
+
+impl Plan {
+    /// Whether `stage` runs in this process.
+    pub fn hosts(&self, stage: Stage) -> bool {
+        self.hosted.contains(&stage)
+    }
+}
+
+fn known_stages() -> String {
+    Stage::ALL.map(Stage::name).join(", ")
+}
+
+impl Config {
+    /// Checks every section and resolves the topology. Errors name the key.
+    pub fn validate(&self) -> Result<Plan, ConfigError> {
+        let listen: SocketAddr = self.process.listen.parse().map_err(|e| {
+            ConfigError::new("process.listen", format!("{:?} is not host:port ({e})", self.process.listen))
+        })?;
+        if self.process.host.is_empty() {
+            return Err(ConfigError::new("process.host", "must name at least one stage"));
+        }
+        let mut hosted = Vec::new();
+        for (i, name) in self.process.host.iter().enumerate() {
+            let stage = Stage::from_name(name).ok_or_else(|| {
+                ConfigError::new(format!("process.host[{i}]"), format!("unknown stage {name:?} (known: {})", known_stages()))
+            })?;
+            if hosted.contains(&stage) {
+                return Err(ConfigError::new(format!("process.host[{i}]"), format!("stage {name:?} is listed twice")));
+            }
+            hosted.push(stage);
+        }
+        hosted.sort();
+        let mut remotes = Vec::new();
+        for (name, remote) in &self.remote {
+            let key = format!("remote.{name}");
+            let stage = Stage::from_name(name)
+                .ok_or_else(|| ConfigError::new(&key, format!("unknown stage {name:?} (known: {})", known_stages())))?;
+            if hosted.contains(&stage) {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("stage {name:?} is hosted by this process (process.host) and cannot also be remote"),
+                ));
+            }
+            remote.validate(&key)?;
+            remotes.push((stage, remote.clone()));
+        }
+        remotes.sort_by_key(|(s, _)| *s);
+        // Each stage calls the next one in the chain; that one must be reachable.
+        for pair in Stage::ALL.windows(2) {
+            let [caller, callee] = [pair[0], pair[1]];
+            if hosted.contains(&caller) && !hosted.contains(&callee) && !remotes.iter().any(|(s, _)| *s == callee) {
+                return Err(ConfigError::new(
+                    format!("remote.{}.endpoints", callee.name()),
+                    format!(
+                        "stage {:?} is called by hosted stage {:?} but is not hosted here and has no endpoints",
+                        callee.name(),
+                        caller.name()
+                    ),
+                ));
+            }
+        }
+        self.process.limits.validate("process.limits")?;
+        self.world.validate().map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
+        self.business.validate()?;
+        self.split.validate()?;
+        self.rerank.validate()?;
+        self.finerank.validate()?;
+        self.recall.validate()?;
+        Ok(Plan { listen, hosted, remotes })
+    }
+}
+
+/// Loading failed; the message says which key in which file or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The `--config` file does not exist or cannot be read.
+    #[error("config file {}: {why}", path.display())]
+    File {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// Why it cannot be read.
+        why: String,
+    },
+    /// The layered sources do not parse into a [`Config`].
+    #[error("{}", figment_message(.0))]
+    Parse(Box<figment::Error>),
+    /// A value parsed but is invalid.
+    #[error("{origin}: {error}")]
+    Invalid {
+        /// The key and what is wrong.
+        error: ConfigError,
+        /// Where the value came from: a file, an environment variable or the defaults.
+        origin: String,
+    },
+}
+
+fn figment_message(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The layered figment: defaults, then `file`, then the environment.
+pub fn figment(file: Option<&Path>) -> Figment {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(file) = file {
+        fig = fig.merge(Toml::file_exact(file));
+    }
+    fig.merge(Env::prefixed(ENV_PREFIX).split("__"))
+}
+
+/// Loads and validates the config.
+pub fn load(file: Option<&Path>) -> Result<(Config, Plan), LoadError> {
+    if let Some(path) = file {
+        std::fs::metadata(path).map_err(|e| LoadError::File {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+    }
+    let fig = figment(file);
+    let config: Config = fig.extract().map_err(|e| LoadError::Parse(Box::new(e)))?;
+    let plan = config.validate().map_err(|error| LoadError::Invalid {
+        origin: origin(&fig, &error.key, file),
+        error,
+    })?;
+    Ok((config, plan))
+}
+
+/// Where the value at `key` (or its nearest present parent) came from.
+fn origin(fig: &Figment, key: &str, file: Option<&Path>) -> String {
+    let path: String = key.split('[').next().unwrap_or(key).to_owned();
+    let mut parts: Vec<&str> = path.split('.').collect();
+    while !parts.is_empty() {
+        let candidate = parts.join(".");
+        if fig.find_value(&candidate).is_ok()
+            && let Some(md) = fig.find_metadata(&candidate)
+        {
+            return match &md.source {
+                Some(figment::Source::File(p)) => format!("in {}", p.display()),
+                _ if md.name.contains("environment") => {
+                    let var = format!("{ENV_PREFIX}{}", candidate.to_uppercase().replace('.', "__"));
+                    format!("from environment variable {var}")
+                }
+                _ => match file {
+                    Some(f) => format!("in {}", f.display()),
+                    None => "in the built-in defaults".to_owned(),
+                },
+            };
+        }
+        parts.pop();
+    }
+    match file {
+        Some(f) => format!("in {}", f.display()),
+        None => "in the built-in defaults".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_monolith() {
+        let plan = Config::default().validate().expect("defaults are valid");
+        assert_eq!(plan.hosted, Stage::ALL.to_vec());
+        assert!(plan.remotes.is_empty());
+        assert_eq!(plan.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    fn front() -> Config {
+        let mut cfg = Config::default();
+        cfg.process.host = vec!["business".into(), "split".into()];
+        cfg.remote.insert(
+            "rerank".into(),
+            RemoteConfig { endpoints: vec!["http://127.0.0.1:50053".into()], ..RemoteConfig::default() },
+        );
+        cfg
+    }
+
+    #[test]
+    fn split_topology_is_valid() {
+        let plan = front().validate().expect("front is valid");
+        assert_eq!(plan.hosted, vec![Stage::Business, Stage::Split]);
+        assert_eq!(plan.remotes.len(), 1);
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let key = |cfg: Config| cfg.validate().expect_err("invalid").key;
+        let mut c = front();
+        c.process.host.push("ranker".into());
+        assert_eq!(key(c), "process.host[2]");
+        let mut c = front();
+        c.process.host.push("split".into());
+        assert_eq!(key(c), "process.host[2]");
+        let mut c = front();
+        c.remote.insert("split".into(), c.remote["rerank"].clone());
+        assert_eq!(key(c), "remote.split");
+        let mut c = front();
+        c.remote.clear();
+        assert_eq!(key(c), "remote.rerank.endpoints");
+        let mut c = front();
+        c.remote.get_mut("rerank").expect("rerank").endpoints = vec!["localhost:1".into()];
+        assert_eq!(key(c), "remote.rerank.endpoints[0]");
+        let mut c = front();
+        c.process.listen = "nowhere".into();
+        assert_eq!(key(c), "process.listen");
+        let mut c = front();
+        c.remote.insert("bogus".into(), RemoteConfig::default());
+        assert_eq!(key(c), "remote.bogus");
+    }
+}

@@ -1,0 +1,24 @@
+//! The `feeds` application: one binary that serves any set of the five
+//! stages (the monolith, one stage per process, or anything between), queries
+//! a feed, and starts a whole topology as OS processes.
+//!
+//! # Layout
+//! - `config`: [`Config`] (one section per stage plus `process`, `remote`,
+//!   `world`), figment layering and validation into a [`Plan`].
+//! - `wiring`: the only code that names concrete stage crates; builds the
+//!   [`proxy_api::Registry`] for a plan.
+//! - `serve`: `feeds serve`: bind, build, log the topology, serve with health.
+//! - `query`: `feeds query`: one `GetFeed` call, printed as a table or JSON.
+//! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
+
+mod config;
+mod query;
+mod serve;
+mod topology;
+mod wiring;
+
+pub use config::{Config, ENV_PREFIX, LoadError, Plan, ProcessConfig, figment, load};
+pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
+pub use serve::{ServeError, bind, describe, run};
+pub use topology::{Member, NAMED, Running, TopologyError, is_serving, resolve, start};
+pub use wiring::{build, build_with};

@@ -1,0 +1,223 @@
+//! `feeds up`: starts a named topology from `deploy/local/` as real OS
+//! processes, waits until every one reports SERVING, and stops them all.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::config;
+
+/// The topologies shipped in `deploy/local/`, by name.
+pub const NAMED: [(&str, &str); 3] = [("monolith", "monolith.toml"), ("five-pod", "five-pod"), ("mixed", "mixed")];
+
+/// Why a topology could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The name is neither a known topology nor an existing path.
+    #[error("topology {0:?}: not one of monolith, five-pod, mixed, and no such file or directory under {1}")]
+    Unknown(String, String),
+    /// A directory without `.toml` files.
+    #[error("topology directory {0}: has no .toml files")]
+    Empty(PathBuf),
+    /// A config file is invalid: nothing was started.
+    #[error(transparent)]
+    Config(#[from] config::LoadError),
+    /// Two files listen on the same address.
+    #[error("{0} and {1} both listen on {2}")]
+    SameListen(PathBuf, PathBuf, std::net::SocketAddr),
+    /// A process could not be spawned.
+    #[error("starting {file}: {source}")]
+    Spawn {
+        /// Its config file.
+        file: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A process exited before it was ready.
+    #[error("{file} exited before it was ready ({status})")]
+    Died {
+        /// Its config file.
+        file: PathBuf,
+        /// Its exit status.
+        status: ExitStatus,
+    },
+    /// A process did not report SERVING in time.
+    #[error("{file} did not report SERVING on {listen} within {timeout:?}")]
+    NotReady {
+        /// Its config file.
+        file: PathBuf,
+        /// Where it should listen.
+        listen: std::net::SocketAddr,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// Waiting on a process failed.
+    #[error("waiting for {file}: {source}")]
+    Wait {
+        /// Its config file.
+        file: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The config files of `name` under `dir`: a named topology, a directory of
+/// `.toml` files, or one file.
+pub fn resolve(name: &str, dir: &Path) -> Result<Vec<PathBuf>, TopologyError> {
+    let path = NAMED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| dir.join(p))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if path.is_file() {
+        return Ok(vec![path]);
+    }
+    if !path.is_dir() {
+        return Err(TopologyError::Unknown(name.to_owned(), dir.display().to_string()));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+        .map_err(|_| TopologyError::Unknown(name.to_owned(), dir.display().to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(TopologyError::Empty(path));
+    }
+    Ok(files)
+}
+
+/// One running process of a topology.
+#[derive(Debug)]
+pub struct Member {
+    /// Its config file.
+    pub file: PathBuf,
+    /// Where it serves.
+    pub listen: std::net::SocketAddr,
+    /// The process; killed if dropped while running.
+    child: Child,
+}
+
+/// A started topology.
+#[derive(Debug)]
+pub struct Running {
+    /// Its processes, in file order.
+    pub members: Vec<Member>,
+}
+
+/// Starts one `exe serve --config FILE` per file, with `envs` added to the
+/// environment, and waits until each reports SERVING. Every file is loaded and
+/// validated first, so a bad file starts nothing.
+pub async fn start(
+    exe: &Path,
+    files: &[PathBuf],
+    envs: &[(String, String)],
+    ready_timeout: Duration,
+) -> Result<Running, TopologyError> {
+    let mut planned = Vec::new();
+    for file in files {
+        let (_, plan) = config::load(Some(file))?;
+        if let Some((other, _)) = planned.iter().find(|(_, l)| *l == plan.listen) {
+            return Err(TopologyError::SameListen(PathBuf::clone(other), file.clone(), plan.listen));
+        }
+        planned.push((file.clone(), plan.listen));
+    }
+    let mut running = Running { members: Vec::new() };
+    for (file, listen) in planned {
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| TopologyError::Spawn { file: file.clone(), source })?;
+        running.members.push(Member { file, listen, child });
+    }
+    let deadline = Instant::now() + ready_timeout;
+    for i in 0..running.members.len() {
+        if let Err(e) = running.wait_ready(i, deadline, ready_timeout).await {
+            running.stop(Duration::from_secs(5)).await.ok();
+            return Err(e);
+        }
+    }
+    Ok(running)
+}
+
+/// Whether the process at `listen` reports SERVING for the whole server.
+pub async fn is_serving(listen: std::net::SocketAddr) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{listen}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(500)).connect().await else {
+        return false;
+    };
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest { service: String::new() });
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), check).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+impl Running {
+    async fn wait_ready(&mut self, i: usize, deadline: Instant, timeout: Duration) -> Result<(), TopologyError> {
+        let member = &mut self.members[i];
+        loop {
+            if let Ok(Some(status)) = member.child.try_wait() {
+                return Err(TopologyError::Died { file: member.file.clone(), status });
+            }
+            if is_serving(member.listen).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TopologyError::NotReady { file: member.file.clone(), listen: member.listen, timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until any process exits; returns its file and status.
+    pub async fn wait_any_exit(&mut self) -> Result<(PathBuf, ExitStatus), TopologyError> {
+        loop {
+            for m in &mut self.members {
+                if let Some(status) = m.child.try_wait().map_err(|source| TopologyError::Wait { file: m.file.clone(), source })? {
+                    return Ok((m.file.clone(), status));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM to every process, waits up to `grace` for each, then
+    /// kills what is left. Returns the exit statuses in file order.
+    pub async fn stop(mut self, grace: Duration) -> Result<Vec<(PathBuf, ExitStatus)>, TopologyError> {
+        for m in &self.members {
+            if let Some(pid) = m.child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        let mut statuses = Vec::new();
+        for m in &mut self.members {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = match tokio::time::timeout(left, m.child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = m.child.start_kill();
+                    m.child.wait().await
+                }
+            }
+            .map_err(|source| TopologyError::Wait { file: m.file.clone(), source })?;
+            statuses.push((m.file.clone(), status));
+        }
+        Ok(statuses)
+    }
+}

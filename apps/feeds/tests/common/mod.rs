@@ -1,0 +1,209 @@
+//! Helpers shared by the integration tests: the request set, in-process
+//! topologies on loopback, and clients.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use feeds::{Config, Plan};
+use proxy_api::context::{REQUEST_ID, TENANT};
+use proxy_api::pb::{self, business_client::BusinessClient};
+use proxy_api::{RemoteConfig, Stage};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_feeds");
+
+/// The workspace's `deploy/local`.
+pub fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local")
+}
+
+/// One request of the parity set.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub tenant: Option<&'static str>,
+    pub request: pb::GetFeedRequest,
+}
+
+/// `n` varied, deterministic requests: known, cold and non-numeric users,
+/// three tenants, every page size, cursors, histories with unknown ids,
+/// devices, features and payloads up to a few KB, plus a few invalid ones.
+pub fn cases(n: usize) -> Vec<Case> {
+    (0..n)
+        .map(|i| {
+            let tenant = match i % 4 {
+                3 => Some("lite"),
+                2 => Some("default"),
+                _ => None,
+            };
+            let user_id = match i % 10 {
+                0 => format!("guest-{i}"),
+                1 => (20_000 + i).to_string(),
+                _ => ((i * 37) % 10_000).to_string(),
+            };
+            let max = if tenant == Some("lite") { 20 } else { 50 };
+            let page_size = match i {
+                // A few invalid requests: errors must match too.
+                57 => 0,
+                113 => max + 1,
+                _ => 1 + (i * 7) as u32 % max,
+            };
+            let user_id = if i == 171 { String::new() } else { user_id };
+            let cursor = match i % 5 {
+                4 => "o10".to_owned(),
+                3 => "o3".to_owned(),
+                _ => String::new(),
+            };
+            let recent: Vec<u64> = (0..(i % 25) as u64)
+                .map(|k| (i as u64 * 131 + k * 977) % 50_000)
+                .chain((i % 7 == 0).then_some(9_999_999))
+                .collect();
+            let events = recent
+                .iter()
+                .enumerate()
+                .map(|(k, id)| pb::Event {
+                    item_id: *id,
+                    kind: (1 + k % 5) as i32,
+                    ts_ms: 1_760_000_000_000 - (k as i64) * 60_000,
+                    dwell_s: (k % 30) as f32 * 0.5,
+                })
+                .collect();
+            let features = [
+                ("hour".to_owned(), (i % 24).to_string()),
+                ("country".to_owned(), ["us", "de", "br"][i % 3].to_owned()),
+            ]
+            .into_iter()
+            .collect();
+            let request = pb::GetFeedRequest {
+                user_id,
+                page_size,
+                cursor,
+                context: Some(pb::UserContext {
+                    recent_items: recent,
+                    events,
+                    device: Some(pb::Device {
+                        os: ["android", "ios", "web"][i % 3].into(),
+                        model: format!("model-{}", i % 11),
+                        locale: "en-GB".into(),
+                        network: "wifi".into(),
+                    }),
+                    features,
+                    blob: vec![i as u8; (i % 8) * 512],
+                }),
+                explain: false,
+            };
+            Case { tenant, request }
+        })
+        .collect()
+}
+
+/// What a call returned, comparable across topologies.
+pub type Outcome = Result<pb::GetFeedResponse, (tonic::Code, String)>;
+
+pub fn request(case: &Case, i: usize) -> tonic::Request<pb::GetFeedRequest> {
+    let mut request = tonic::Request::new(case.request.clone());
+    request.set_timeout(Duration::from_secs(30));
+    request
+        .metadata_mut()
+        .insert(REQUEST_ID, MetadataValue::try_from(format!("parity-{i}")).expect("ascii"));
+    if let Some(t) = case.tenant {
+        request.metadata_mut().insert(TENANT, MetadataValue::from_static(t));
+    }
+    request
+}
+
+pub fn outcome(r: Result<tonic::Response<pb::GetFeedResponse>, tonic::Status>) -> Outcome {
+    r.map(tonic::Response::into_inner).map_err(|s| (s.code(), s.message().to_owned()))
+}
+
+/// Runs every case against the business stage at `addr` over gRPC.
+pub async fn run_grpc(addr: SocketAddr, cases: &[Case]) -> Vec<Outcome> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to business");
+    let mut client = BusinessClient::new(channel);
+    let mut out = Vec::with_capacity(cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        out.push(outcome(client.get_feed(request(case, i)).await));
+    }
+    out
+}
+
+/// The default config hosting `stages`, with remotes for the others at `remotes`.
+pub fn config_for(stages: &[Stage], listen: SocketAddr, remotes: &[(Stage, SocketAddr)]) -> (Config, Plan) {
+    let mut config = Config::default();
+    config.process.listen = listen.to_string();
+    config.process.host = stages.iter().map(|s| s.name().to_owned()).collect();
+    for (stage, addr) in remotes {
+        config.remote.insert(
+            stage.name().to_owned(),
+            RemoteConfig { endpoints: vec![format!("http://{addr}")], ..RemoteConfig::default() },
+        );
+    }
+    let plan = config.validate().expect("test config is valid");
+    (config, plan)
+}
+
+/// Servers started in this process; dropping it stops them.
+pub struct InProcess {
+    pub addrs: Vec<SocketAddr>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    pub async fn stop(mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts one server per group of stages, each on its own loopback port,
+/// every group's downstream bound over gRPC to the next group.
+pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
+    let mut listeners = Vec::new();
+    for _ in groups {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("addr")).collect();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, (group, listener)) in groups.iter().zip(listeners).enumerate() {
+        let remotes: Vec<(Stage, SocketAddr)> = groups
+            .get(i + 1)
+            .map(|next| vec![(next[0], addrs[i + 1])])
+            .unwrap_or_default();
+        let (config, plan) = config_for(group, addrs[i], &remotes);
+        let (tx, rx) = oneshot::channel::<()>();
+        stops.push(tx);
+        tasks.push(tokio::spawn(async move {
+            feeds::run(&config, &plan, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        }));
+    }
+    for addr in &addrs {
+        wait_serving(*addr).await;
+    }
+    InProcess { addrs, stops, tasks }
+}
+
+pub async fn wait_serving(addr: SocketAddr) {
+    for _ in 0..200 {
+        if feeds::is_serving(addr).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} never reported SERVING");
+}

@@ -1,0 +1,120 @@
+//! Bad config makes `feeds serve` name the key and the file, exit non-zero
+//! and start nothing.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn serve_with(toml: &str, envs: &[(&str, &str)]) -> (Output, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, toml).expect("write config");
+    let mut cmd = Command::new(common::EXE);
+    cmd.args(["serve", "--config"]).arg(&file).env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let output = run_bounded(cmd);
+    (output, file.display().to_string())
+}
+
+/// Runs the command, killing it if it has not exited in 30 s (it must not
+/// start serving, so a hang is a failure).
+fn run_bounded(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn feeds");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("feeds serve kept running on a bad config");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn assert_rejected(toml: &str, key: &str) {
+    let (out, file) = serve_with(toml, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{toml}");
+    assert!(stderr.contains(key), "stderr does not name {key}:\n{stderr}");
+    assert!(stderr.contains(&file), "stderr does not name the file {file}:\n{stderr}");
+    assert!(!stderr.contains("serving"), "it started serving:\n{stderr}");
+}
+
+const FRONT: &str = "[process]\nlisten = \"127.0.0.1:0\"\nhost = [\"business\", \"split\"]\n";
+
+#[test]
+fn unknown_stage_name() {
+    assert_rejected("[process]\nhost = [\"business\", \"ranker\"]\n", "process.host[1]");
+    assert_rejected(&format!("{FRONT}[remote.ranker]\nendpoints = [\"http://127.0.0.1:1\"]\n"), "remote.ranker");
+}
+
+#[test]
+fn stage_both_hosted_and_remote() {
+    assert_rejected(
+        &format!("{FRONT}[remote.split]\nendpoints = [\"http://127.0.0.1:1\"]\n[remote.rerank]\nendpoints = [\"http://127.0.0.1:2\"]\n"),
+        "remote.split",
+    );
+}
+
+#[test]
+fn remote_stage_without_endpoint() {
+    assert_rejected(FRONT, "remote.rerank.endpoints");
+    assert_rejected(&format!("{FRONT}[remote.rerank]\nendpoints = []\n"), "remote.rerank.endpoints");
+}
+
+#[test]
+fn malformed_endpoint_url() {
+    assert_rejected(
+        &format!("{FRONT}[remote.rerank]\nendpoints = [\"http://127.0.0.1:1\", \"127.0.0.1:50053\"]\n"),
+        "remote.rerank.endpoints[1]",
+    );
+}
+
+#[test]
+fn unknown_keys() {
+    assert_rejected("[process]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n", "lisen");
+    assert_rejected("[recall]\nquota_ann = 5\n", "quota_ann");
+    assert_rejected("[nonsense]\nx = 1\n", "nonsense");
+}
+
+#[test]
+fn invalid_stage_values() {
+    assert_rejected("[rerank]\nlambda = 3.0\n", "rerank.lambda");
+    assert_rejected("[process]\nlisten = \"localhost\"\n", "process.listen");
+}
+
+#[test]
+fn listen_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let (out, _) = serve_with(&format!("[process]\nlisten = \"{addr}\"\n"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("process.listen") && stderr.contains(&addr.to_string()), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+}
+
+#[test]
+fn env_override_is_named() {
+    let (out, _) = serve_with("", &[("FEEDS__RERANK__LAMBDA", "7")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("FEEDS__RERANK__LAMBDA"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file() {
+    let mut cmd = Command::new(common::EXE);
+    cmd.args(["serve", "--config", "/nonexistent/feeds.toml"]);
+    let out = run_bounded(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/nonexistent/feeds.toml"), "{stderr}");
+}
