@@ -86,18 +86,30 @@ impl Config {
     /// Checks every section and resolves the topology. Errors name the key.
     pub fn validate(&self) -> Result<Plan, ConfigError> {
         let listen: SocketAddr = self.process.listen.parse().map_err(|e| {
-            ConfigError::new("process.listen", format!("{:?} is not host:port ({e})", self.process.listen))
+            ConfigError::new(
+                "process.listen",
+                format!("{:?} is not host:port ({e})", self.process.listen),
+            )
         })?;
         if self.process.host.is_empty() {
-            return Err(ConfigError::new("process.host", "must name at least one stage"));
+            return Err(ConfigError::new(
+                "process.host",
+                "must name at least one stage",
+            ));
         }
         let mut hosted = Vec::new();
         for (i, name) in self.process.host.iter().enumerate() {
             let stage = Stage::from_name(name).ok_or_else(|| {
-                ConfigError::new(format!("process.host[{i}]"), format!("unknown stage {name:?} (known: {})", known_stages()))
+                ConfigError::new(
+                    format!("process.host[{i}]"),
+                    format!("unknown stage {name:?} (known: {})", known_stages()),
+                )
             })?;
             if hosted.contains(&stage) {
-                return Err(ConfigError::new(format!("process.host[{i}]"), format!("stage {name:?} is listed twice")));
+                return Err(ConfigError::new(
+                    format!("process.host[{i}]"),
+                    format!("stage {name:?} is listed twice"),
+                ));
             }
             hosted.push(stage);
         }
@@ -105,12 +117,18 @@ impl Config {
         let mut remotes = Vec::new();
         for (name, remote) in &self.remote {
             let key = format!("remote.{name}");
-            let stage = Stage::from_name(name)
-                .ok_or_else(|| ConfigError::new(&key, format!("unknown stage {name:?} (known: {})", known_stages())))?;
+            let stage = Stage::from_name(name).ok_or_else(|| {
+                ConfigError::new(
+                    &key,
+                    format!("unknown stage {name:?} (known: {})", known_stages()),
+                )
+            })?;
             if hosted.contains(&stage) {
                 return Err(ConfigError::new(
                     &key,
-                    format!("stage {name:?} is hosted by this process (process.host) and cannot also be remote"),
+                    format!(
+                        "stage {name:?} is hosted by this process (process.host) and cannot also be remote"
+                    ),
                 ));
             }
             remote.validate(&key)?;
@@ -120,7 +138,10 @@ impl Config {
         // Each stage calls the next one in the chain; that one must be reachable.
         for pair in Stage::ALL.windows(2) {
             let [caller, callee] = [pair[0], pair[1]];
-            if hosted.contains(&caller) && !hosted.contains(&callee) && !remotes.iter().any(|(s, _)| *s == callee) {
+            if hosted.contains(&caller)
+                && !hosted.contains(&callee)
+                && !remotes.iter().any(|(s, _)| *s == callee)
+            {
                 return Err(ConfigError::new(
                     format!("remote.{}.endpoints", callee.name()),
                     format!(
@@ -132,13 +153,19 @@ impl Config {
             }
         }
         self.process.limits.validate("process.limits")?;
-        self.world.validate().map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
+        self.world
+            .validate()
+            .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
         self.business.validate()?;
         self.split.validate()?;
         self.rerank.validate()?;
         self.finerank.validate()?;
         self.recall.validate()?;
-        Ok(Plan { listen, hosted, remotes })
+        Ok(Plan {
+            listen,
+            hosted,
+            remotes,
+        })
     }
 }
 
@@ -212,7 +239,10 @@ fn origin(fig: &Figment, key: &str, file: Option<&Path>) -> String {
             return match &md.source {
                 Some(figment::Source::File(p)) => format!("in {}", p.display()),
                 _ if md.name.contains("environment") => {
-                    let var = format!("{ENV_PREFIX}{}", candidate.to_uppercase().replace('.', "__"));
+                    let var = format!(
+                        "{ENV_PREFIX}{}",
+                        candidate.to_uppercase().replace('.', "__")
+                    );
                     format!("from environment variable {var}")
                 }
                 _ => match file {
@@ -246,7 +276,10 @@ mod tests {
         cfg.process.host = vec!["business".into(), "split".into()];
         cfg.remote.insert(
             "rerank".into(),
-            RemoteConfig { endpoints: vec!["http://127.0.0.1:50053".into()], ..RemoteConfig::default() },
+            RemoteConfig {
+                endpoints: vec!["http://127.0.0.1:50053".into()],
+                ..RemoteConfig::default()
+            },
         );
         cfg
     }

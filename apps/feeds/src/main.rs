@@ -82,8 +82,20 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve { config, print_config } => serve(config, print_config),
-        Command::Query { addr, user, tenant, page_size, cursor, json, explain, timeout_ms } => {
+        Command::Serve {
+            config,
+            print_config,
+        } => serve(config, print_config),
+        Command::Query {
+            addr,
+            user,
+            tenant,
+            page_size,
+            cursor,
+            json,
+            explain,
+            timeout_ms,
+        } => {
             let args = feeds::QueryArgs {
                 addr,
                 user,
@@ -95,7 +107,11 @@ fn main() -> ExitCode {
             };
             query(args, json)
         }
-        Command::Up { topology, dir, ready_timeout_s } => up(&topology, &dir, Duration::from_secs(ready_timeout_s)),
+        Command::Up {
+            topology,
+            dir,
+            ready_timeout_s,
+        } => up(&topology, &dir, Duration::from_secs(ready_timeout_s)),
     }
 }
 
@@ -192,7 +208,10 @@ fn up(topology: &str, dir: &std::path::Path, ready_timeout: Duration) -> ExitCod
             for m in &running.members {
                 eprintln!("up: {} serving on {}", m.file.display(), m.listen);
             }
-            eprintln!("up: topology {topology} ready ({} processes); Ctrl-C stops it", running.members.len());
+            eprintln!(
+                "up: topology {topology} ready ({} processes); Ctrl-C stops it",
+                running.members.len()
+            );
             let early = tokio::select! {
                 _ = shutdown_signal() => None,
                 exited = running.wait_any_exit() => Some(exited?),
@@ -202,7 +221,10 @@ fn up(topology: &str, dir: &std::path::Path, ready_timeout: Duration) -> ExitCod
                 eprintln!("up: {} exited: {status}", file.display());
             }
             if let Some((file, status)) = early {
-                anyhow::bail!("{} exited unexpectedly ({status}); stopped the rest", file.display());
+                anyhow::bail!(
+                    "{} exited unexpectedly ({status}); stopped the rest",
+                    file.display()
+                );
             }
             Ok(())
         })

@@ -59,7 +59,8 @@ pub async fn get_feed(args: &QueryArgs) -> Result<pb::GetFeedResponse, QueryErro
         request.metadata_mut().insert(REQUEST_ID, v);
     }
     if let Some(tenant) = &args.tenant {
-        let v = MetadataValue::try_from(tenant.as_str()).map_err(|_| QueryError::Tenant(tenant.clone()))?;
+        let v = MetadataValue::try_from(tenant.as_str())
+            .map_err(|_| QueryError::Tenant(tenant.clone()))?;
         request.metadata_mut().insert(TENANT, v);
     }
     client
@@ -112,13 +113,20 @@ pub fn to_table(response: &pb::GetFeedResponse, explain: bool) -> String {
             item.title
         ));
     }
-    let next = if response.next_cursor.is_empty() { "(last page)" } else { response.next_cursor.as_str() };
+    let next = if response.next_cursor.is_empty() {
+        "(last page)"
+    } else {
+        response.next_cursor.as_str()
+    };
     out.push_str(&format!("next cursor: {next}\n"));
     if explain {
         if let Some(a) = &response.assignment {
             out.push_str("experiments:\n");
             for h in &a.experiments {
-                out.push_str(&format!("  {:<10} {:<14} bucket {}\n", h.layer, h.experiment, h.bucket));
+                out.push_str(&format!(
+                    "  {:<10} {:<14} bucket {}\n",
+                    h.layer, h.experiment, h.bucket
+                ));
             }
             out.push_str("params:\n");
             for (k, v) in &a.params {

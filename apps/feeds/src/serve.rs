@@ -33,7 +33,10 @@ pub enum ServeError {
 /// Binds `process.listen`, before anything else starts, so a busy port
 /// fails the process cleanly. Must run inside a tokio runtime.
 pub fn bind(plan: &Plan) -> Result<TcpListener, ServeError> {
-    let err = |source| ServeError::Bind { addr: plan.listen, source };
+    let err = |source| ServeError::Bind {
+        addr: plan.listen,
+        source,
+    };
     let std = std::net::TcpListener::bind(plan.listen).map_err(err)?;
     std.set_nonblocking(true).map_err(err)?;
     TcpListener::from_std(std).map_err(err)
@@ -66,7 +69,9 @@ pub async fn run(
     let (routes, served) = registry.routes(&config.process.limits);
     let (health, health_service) = tonic_health::server::health_reporter();
     for stage in &served {
-        health.set_service_status(stage.service_name(), ServingStatus::Serving).await;
+        health
+            .set_service_status(stage.service_name(), ServingStatus::Serving)
+            .await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(%listen, services = ?served.iter().map(|s| s.service_name()).collect::<Vec<_>>(), "serving");

@@ -14,13 +14,19 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::config;
 
 /// The topologies shipped in `deploy/local/`, by name.
-pub const NAMED: [(&str, &str); 3] = [("monolith", "monolith.toml"), ("five-pod", "five-pod"), ("mixed", "mixed")];
+pub const NAMED: [(&str, &str); 3] = [
+    ("monolith", "monolith.toml"),
+    ("five-pod", "five-pod"),
+    ("mixed", "mixed"),
+];
 
 /// Why a topology could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The name is neither a known topology nor an existing path.
-    #[error("topology {0:?}: not one of monolith, five-pod, mixed, and no such file or directory under {1}")]
+    #[error(
+        "topology {0:?}: not one of monolith, five-pod, mixed, and no such file or directory under {1}"
+    )]
     Unknown(String, String),
     /// A directory without `.toml` files.
     #[error("topology directory {0}: has no .toml files")]
@@ -79,7 +85,10 @@ pub fn resolve(name: &str, dir: &Path) -> Result<Vec<PathBuf>, TopologyError> {
         return Ok(vec![path]);
     }
     if !path.is_dir() {
-        return Err(TopologyError::Unknown(name.to_owned(), dir.display().to_string()));
+        return Err(TopologyError::Unknown(
+            name.to_owned(),
+            dir.display().to_string(),
+        ));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .map_err(|_| TopologyError::Unknown(name.to_owned(), dir.display().to_string()))?
@@ -124,11 +133,17 @@ pub async fn start(
     for file in files {
         let (_, plan) = config::load(Some(file))?;
         if let Some((other, _)) = planned.iter().find(|(_, l)| *l == plan.listen) {
-            return Err(TopologyError::SameListen(PathBuf::clone(other), file.clone(), plan.listen));
+            return Err(TopologyError::SameListen(
+                PathBuf::clone(other),
+                file.clone(),
+                plan.listen,
+            ));
         }
         planned.push((file.clone(), plan.listen));
     }
-    let mut running = Running { members: Vec::new() };
+    let mut running = Running {
+        members: Vec::new(),
+    };
     for (file, listen) in planned {
         let child = Command::new(exe)
             .arg("serve")
@@ -138,8 +153,15 @@ pub async fn start(
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| TopologyError::Spawn { file: file.clone(), source })?;
-        running.members.push(Member { file, listen, child });
+            .map_err(|source| TopologyError::Spawn {
+                file: file.clone(),
+                source,
+            })?;
+        running.members.push(Member {
+            file,
+            listen,
+            child,
+        });
     }
     let deadline = Instant::now() + ready_timeout;
     for i in 0..running.members.len() {
@@ -156,11 +178,17 @@ pub async fn is_serving(listen: std::net::SocketAddr) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{listen}")) else {
         return false;
     };
-    let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(500)).connect().await else {
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
         return false;
     };
     let mut client = HealthClient::new(channel);
-    let check = client.check(HealthCheckRequest { service: String::new() });
+    let check = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
     matches!(
         tokio::time::timeout(Duration::from_secs(1), check).await,
         Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
@@ -168,17 +196,29 @@ pub async fn is_serving(listen: std::net::SocketAddr) -> bool {
 }
 
 impl Running {
-    async fn wait_ready(&mut self, i: usize, deadline: Instant, timeout: Duration) -> Result<(), TopologyError> {
+    async fn wait_ready(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
         let member = &mut self.members[i];
         loop {
             if let Ok(Some(status)) = member.child.try_wait() {
-                return Err(TopologyError::Died { file: member.file.clone(), status });
+                return Err(TopologyError::Died {
+                    file: member.file.clone(),
+                    status,
+                });
             }
             if is_serving(member.listen).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(TopologyError::NotReady { file: member.file.clone(), listen: member.listen, timeout });
+                return Err(TopologyError::NotReady {
+                    file: member.file.clone(),
+                    listen: member.listen,
+                    timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -188,7 +228,10 @@ impl Running {
     pub async fn wait_any_exit(&mut self) -> Result<(PathBuf, ExitStatus), TopologyError> {
         loop {
             for m in &mut self.members {
-                if let Some(status) = m.child.try_wait().map_err(|source| TopologyError::Wait { file: m.file.clone(), source })? {
+                if let Some(status) = m.child.try_wait().map_err(|source| TopologyError::Wait {
+                    file: m.file.clone(),
+                    source,
+                })? {
                     return Ok((m.file.clone(), status));
                 }
             }
@@ -198,7 +241,10 @@ impl Running {
 
     /// Sends SIGTERM to every process, waits up to `grace` for each, then
     /// kills what is left. Returns the exit statuses in file order.
-    pub async fn stop(mut self, grace: Duration) -> Result<Vec<(PathBuf, ExitStatus)>, TopologyError> {
+    pub async fn stop(
+        mut self,
+        grace: Duration,
+    ) -> Result<Vec<(PathBuf, ExitStatus)>, TopologyError> {
         for m in &self.members {
             if let Some(pid) = m.child.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
@@ -215,7 +261,10 @@ impl Running {
                     m.child.wait().await
                 }
             }
-            .map_err(|source| TopologyError::Wait { file: m.file.clone(), source })?;
+            .map_err(|source| TopologyError::Wait {
+                file: m.file.clone(),
+                source,
+            })?;
             statuses.push((m.file.clone(), status));
         }
         Ok(statuses)

@@ -11,7 +11,9 @@ fn serve_with(toml: &str, envs: &[(&str, &str)]) -> (Output, String) {
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, toml).expect("write config");
     let mut cmd = Command::new(common::EXE);
-    cmd.args(["serve", "--config"]).arg(&file).env("RUST_LOG", "warn");
+    cmd.args(["serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -42,8 +44,14 @@ fn assert_rejected(toml: &str, key: &str) {
     let (out, file) = serve_with(toml, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted:\n{toml}");
-    assert!(stderr.contains(key), "stderr does not name {key}:\n{stderr}");
-    assert!(stderr.contains(&file), "stderr does not name the file {file}:\n{stderr}");
+    assert!(
+        stderr.contains(key),
+        "stderr does not name {key}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&file),
+        "stderr does not name the file {file}:\n{stderr}"
+    );
     assert!(!stderr.contains("serving"), "it started serving:\n{stderr}");
 }
 
@@ -51,14 +59,22 @@ const FRONT: &str = "[process]\nlisten = \"127.0.0.1:0\"\nhost = [\"business\", 
 
 #[test]
 fn unknown_stage_name() {
-    assert_rejected("[process]\nhost = [\"business\", \"ranker\"]\n", "process.host[1]");
-    assert_rejected(&format!("{FRONT}[remote.ranker]\nendpoints = [\"http://127.0.0.1:1\"]\n"), "remote.ranker");
+    assert_rejected(
+        "[process]\nhost = [\"business\", \"ranker\"]\n",
+        "process.host[1]",
+    );
+    assert_rejected(
+        &format!("{FRONT}[remote.ranker]\nendpoints = [\"http://127.0.0.1:1\"]\n"),
+        "remote.ranker",
+    );
 }
 
 #[test]
 fn stage_both_hosted_and_remote() {
     assert_rejected(
-        &format!("{FRONT}[remote.split]\nendpoints = [\"http://127.0.0.1:1\"]\n[remote.rerank]\nendpoints = [\"http://127.0.0.1:2\"]\n"),
+        &format!(
+            "{FRONT}[remote.split]\nendpoints = [\"http://127.0.0.1:1\"]\n[remote.rerank]\nendpoints = [\"http://127.0.0.1:2\"]\n"
+        ),
         "remote.split",
     );
 }
@@ -66,20 +82,28 @@ fn stage_both_hosted_and_remote() {
 #[test]
 fn remote_stage_without_endpoint() {
     assert_rejected(FRONT, "remote.rerank.endpoints");
-    assert_rejected(&format!("{FRONT}[remote.rerank]\nendpoints = []\n"), "remote.rerank.endpoints");
+    assert_rejected(
+        &format!("{FRONT}[remote.rerank]\nendpoints = []\n"),
+        "remote.rerank.endpoints",
+    );
 }
 
 #[test]
 fn malformed_endpoint_url() {
     assert_rejected(
-        &format!("{FRONT}[remote.rerank]\nendpoints = [\"http://127.0.0.1:1\", \"127.0.0.1:50053\"]\n"),
+        &format!(
+            "{FRONT}[remote.rerank]\nendpoints = [\"http://127.0.0.1:1\", \"127.0.0.1:50053\"]\n"
+        ),
         "remote.rerank.endpoints[1]",
     );
 }
 
 #[test]
 fn unknown_keys() {
-    assert_rejected("[process]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n", "lisen");
+    assert_rejected(
+        "[process]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n",
+        "lisen",
+    );
     assert_rejected("[recall]\nquota_ann = 5\n", "quota_ann");
     assert_rejected("[nonsense]\nx = 1\n", "nonsense");
 }
@@ -97,7 +121,10 @@ fn listen_address_in_use() {
     let (out, _) = serve_with(&format!("[process]\nlisten = \"{addr}\"\n"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("process.listen") && stderr.contains(&addr.to_string()), "{stderr}");
+    assert!(
+        stderr.contains("process.listen") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
     assert!(!stderr.contains("serving"), "{stderr}");
 }
 

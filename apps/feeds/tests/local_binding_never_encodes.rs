@@ -19,7 +19,11 @@ async fn local_binding_never_encodes() {
         ok += usize::from(outcome(business.get_feed(request(case, i)).await).is_ok());
     }
     assert!(ok > 15, "the calls must succeed to prove anything ({ok})");
-    assert_eq!(codec::encoded_messages(), before, "the local binding encoded messages");
+    assert_eq!(
+        codec::encoded_messages(),
+        before,
+        "the local binding encoded messages"
+    );
 
     // Control: the same calls over the grpc binding do encode (4 hops, request
     // and response each, plus the client's request and the server's response).
@@ -30,5 +34,8 @@ async fn local_binding_never_encodes() {
     let ok_grpc = got.iter().filter(|o| o.is_ok()).count() as u64;
     let encoded = codec::encoded_messages() - before;
     servers.stop().await;
-    assert!(encoded >= ok_grpc * 10, "expected at least 10 encodes per request, got {encoded} for {ok_grpc}");
+    assert!(
+        encoded >= ok_grpc * 10,
+        "expected at least 10 encodes per request, got {encoded} for {ok_grpc}"
+    );
 }

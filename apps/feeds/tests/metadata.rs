@@ -25,16 +25,24 @@ impl Recall for Capture {
 }
 
 fn incoming(deadline: Instant) -> tonic::Request<pb::RecallRequest> {
-    let mut request = tonic::Request::new(pb::RecallRequest { user_id: "7".into(), ..Default::default() });
+    let mut request = tonic::Request::new(pb::RecallRequest {
+        user_id: "7".into(),
+        ..Default::default()
+    });
     let md = request.metadata_mut();
     md.insert(REQUEST_ID, MetadataValue::from_static("req-123"));
     md.insert(TENANT, MetadataValue::from_static("acme"));
     md.insert("x-colour", MetadataValue::from_static("blue"));
     md.insert("x-shadow", MetadataValue::from_static("1"));
-    md.insert("traceparent", MetadataValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    md.insert(
+        "traceparent",
+        MetadataValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
     md.insert("authorization", MetadataValue::from_static("not forwarded"));
     // As a stage forwards it: through CallContext::request.
-    CallContext::of(&request).request(request.into_inner()).tap_deadline(deadline)
+    CallContext::of(&request)
+        .request(request.into_inner())
+        .tap_deadline(deadline)
 }
 
 trait TapDeadline {
@@ -56,10 +64,17 @@ async fn callee_sees_the_same_context_in_both_bindings() {
     // local
     let mut local = Registry::empty();
     local.provide_recall(capture.clone()).expect("provide");
-    local.recall().expect("bound").recall(incoming(deadline)).await.expect("local call");
+    local
+        .recall()
+        .expect("bound")
+        .recall(incoming(deadline))
+        .await
+        .expect("local call");
 
     // grpc: serve the same implementation, call it through a remote slot.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (routes, served) = local.routes(&Limits::default());
     assert_eq!(served, vec![Stage::Recall]);
@@ -69,16 +84,31 @@ async fn callee_sees_the_same_context_in_both_bindings() {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let mut remote = Registry::empty();
-    let cfg = RemoteConfig { endpoints: vec![format!("http://{addr}")], ..RemoteConfig::default() };
-    remote.bind_remote(Stage::Recall, &cfg, Limits::default()).expect("bind remote");
-    remote.recall().expect("bound").recall(incoming(deadline)).await.expect("grpc call");
+    let cfg = RemoteConfig {
+        endpoints: vec![format!("http://{addr}")],
+        ..RemoteConfig::default()
+    };
+    remote
+        .bind_remote(Stage::Recall, &cfg, Limits::default())
+        .expect("bind remote");
+    remote
+        .recall()
+        .expect("bound")
+        .recall(incoming(deadline))
+        .await
+        .expect("grpc call");
     server.abort();
 
     let seen = capture.0.lock().expect("lock").clone();
-    let [via_local, via_grpc] = seen.as_slice() else { panic!("expected two calls, got {}", seen.len()) };
+    let [via_local, via_grpc] = seen.as_slice() else {
+        panic!("expected two calls, got {}", seen.len())
+    };
     assert_eq!(via_local.request_id.as_deref(), Some("req-123"));
     assert_eq!(via_local.tenant.as_deref(), Some("acme"));
-    assert_eq!(via_local.headers.get("x-colour").map(String::as_str), Some("blue"));
+    assert_eq!(
+        via_local.headers.get("x-colour").map(String::as_str),
+        Some("blue")
+    );
     assert!(via_local.headers.contains_key("traceparent"));
     assert!(!via_local.headers.contains_key("authorization"));
     assert_eq!(via_local.request_id, via_grpc.request_id);
@@ -88,6 +118,10 @@ async fn callee_sees_the_same_context_in_both_bindings() {
     let grpc_deadline = via_grpc.deadline.expect("deadline crossed the wire");
     // The wire carries the time left (to the microsecond), so the callee's
     // deadline differs from the caller's only by the transit time.
-    let skew = if grpc_deadline > deadline { grpc_deadline - deadline } else { deadline - grpc_deadline };
+    let skew = if grpc_deadline > deadline {
+        grpc_deadline - deadline
+    } else {
+        deadline - grpc_deadline
+    };
     assert!(skew < Duration::from_secs(1), "deadline moved by {skew:?}");
 }

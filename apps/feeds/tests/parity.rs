@@ -24,7 +24,10 @@ async fn in_process_local(cases: &[Case]) -> Vec<Outcome> {
 fn assert_same(name: &str, reference: &[Outcome], got: &[Outcome]) {
     assert_eq!(reference.len(), got.len());
     for (i, (want, got)) in reference.iter().zip(got).enumerate() {
-        assert_eq!(want, got, "{name}: request {i} differs from the in-process monolith");
+        assert_eq!(
+            want, got,
+            "{name}: request {i} differs from the in-process monolith"
+        );
     }
 }
 
@@ -34,11 +37,20 @@ async fn os_topology(name: &str, cases: &[Case]) -> Vec<Outcome> {
     let running = feeds::start(common::EXE.as_ref(), &files, &envs, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let business = running.members.iter().map(|m| m.listen).find(|a| a.port() == 50051).expect("business on 50051");
+    let business = running
+        .members
+        .iter()
+        .map(|m| m.listen)
+        .find(|a| a.port() == 50051)
+        .expect("business on 50051");
     let got = run_grpc(business, cases).await;
     let statuses = running.stop(Duration::from_secs(10)).await.expect("stop");
     for (file, status) in statuses {
-        assert!(status.success(), "{} exited with {status} after SIGTERM", file.display());
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM",
+            file.display()
+        );
     }
     got
 }
@@ -51,14 +63,27 @@ async fn same_answers_in_every_topology() {
     // The set must exercise the pipeline, not only its error paths.
     let ok = reference.iter().filter(|o| o.is_ok()).count();
     assert!(ok >= 190, "only {ok} of 200 reference requests succeeded");
-    assert!(reference.iter().any(|o| matches!(o, Ok(r) if r.items.len() >= 20)));
+    assert!(
+        reference
+            .iter()
+            .any(|o| matches!(o, Ok(r) if r.items.len() >= 20))
+    );
     let errors: Vec<_> = reference.iter().filter_map(|o| o.as_ref().err()).collect();
-    assert!(errors.iter().all(|(code, _)| *code == tonic::Code::InvalidArgument), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|(code, _)| *code == tonic::Code::InvalidArgument),
+        "{errors:?}"
+    );
 
     // All five stages in this process, each hop over real gRPC on loopback.
     let groups: Vec<&[Stage]> = Stage::ALL.iter().map(std::slice::from_ref).collect();
     let in_process = serve_groups(&groups).await;
-    assert_same("in-process over gRPC", &reference, &run_grpc(in_process.addrs[0], &cases).await);
+    assert_same(
+        "in-process over gRPC",
+        &reference,
+        &run_grpc(in_process.addrs[0], &cases).await,
+    );
     in_process.stop().await;
 
     for name in ["monolith", "five-pod", "mixed"] {

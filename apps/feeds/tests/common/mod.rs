@@ -105,17 +105,21 @@ pub type Outcome = Result<pb::GetFeedResponse, (tonic::Code, String)>;
 pub fn request(case: &Case, i: usize) -> tonic::Request<pb::GetFeedRequest> {
     let mut request = tonic::Request::new(case.request.clone());
     request.set_timeout(Duration::from_secs(30));
-    request
-        .metadata_mut()
-        .insert(REQUEST_ID, MetadataValue::try_from(format!("parity-{i}")).expect("ascii"));
+    request.metadata_mut().insert(
+        REQUEST_ID,
+        MetadataValue::try_from(format!("parity-{i}")).expect("ascii"),
+    );
     if let Some(t) = case.tenant {
-        request.metadata_mut().insert(TENANT, MetadataValue::from_static(t));
+        request
+            .metadata_mut()
+            .insert(TENANT, MetadataValue::from_static(t));
     }
     request
 }
 
 pub fn outcome(r: Result<tonic::Response<pb::GetFeedResponse>, tonic::Status>) -> Outcome {
-    r.map(tonic::Response::into_inner).map_err(|s| (s.code(), s.message().to_owned()))
+    r.map(tonic::Response::into_inner)
+        .map_err(|s| (s.code(), s.message().to_owned()))
 }
 
 /// Runs every case against the business stage at `addr` over gRPC.
@@ -134,14 +138,21 @@ pub async fn run_grpc(addr: SocketAddr, cases: &[Case]) -> Vec<Outcome> {
 }
 
 /// The default config hosting `stages`, with remotes for the others at `remotes`.
-pub fn config_for(stages: &[Stage], listen: SocketAddr, remotes: &[(Stage, SocketAddr)]) -> (Config, Plan) {
+pub fn config_for(
+    stages: &[Stage],
+    listen: SocketAddr,
+    remotes: &[(Stage, SocketAddr)],
+) -> (Config, Plan) {
     let mut config = Config::default();
     config.process.listen = listen.to_string();
     config.process.host = stages.iter().map(|s| s.name().to_owned()).collect();
     for (stage, addr) in remotes {
         config.remote.insert(
             stage.name().to_owned(),
-            RemoteConfig { endpoints: vec![format!("http://{addr}")], ..RemoteConfig::default() },
+            RemoteConfig {
+                endpoints: vec![format!("http://{addr}")],
+                ..RemoteConfig::default()
+            },
         );
     }
     let plan = config.validate().expect("test config is valid");
@@ -171,9 +182,16 @@ impl InProcess {
 pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
     let mut listeners = Vec::new();
     for _ in groups {
-        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
     }
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("addr")).collect();
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     for (i, (group, listener)) in groups.iter().zip(listeners).enumerate() {
@@ -195,7 +213,11 @@ pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
     for addr in &addrs {
         wait_serving(*addr).await;
     }
-    InProcess { addrs, stops, tasks }
+    InProcess {
+        addrs,
+        stops,
+        tasks,
+    }
 }
 
 pub async fn wait_serving(addr: SocketAddr) {
