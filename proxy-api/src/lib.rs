@@ -13,6 +13,7 @@
 //! - `remote`: [`RemoteConfig`] and the tonic channel it builds.
 //! - `context`: [`CallContext`]: request id, tenant, deadline and `x-` headers,
 //!   read identically under both bindings and forwarded hop to hop.
+//! - `timing`: [`SelfTimer`], a stage's own time excluding its downstream.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
@@ -23,6 +24,7 @@ mod error;
 mod registry;
 mod remote;
 mod slot;
+mod timing;
 
 /// Prost messages and tonic clients/servers for `feeds.v1` (generated).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -46,3 +48,4 @@ pub use registry::{Binding, Limits};
 pub use remote::RemoteConfig;
 pub use slot::{AnySlot, RemoteTarget, Service, Slot};
 pub use stages::*;
+pub use timing::SelfTimer;

@@ -1,9 +1,8 @@
 //! The business logic and its `Business` implementation.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use proxy_api::{CallContext, pb};
+use proxy_api::{CallContext, SelfTimer, Stage, pb};
 use world::World;
 
 use crate::config::MAX_POOL;
@@ -92,7 +91,7 @@ impl proxy_api::Business for BusinessStage {
         &self,
         request: tonic::Request<pb::GetFeedRequest>,
     ) -> Result<tonic::Response<pb::GetFeedResponse>, tonic::Status> {
-        let started = Instant::now();
+        let mut timer = SelfTimer::start();
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let (tenant, page) = self.check(ctx.tenant.as_deref(), &request)?;
@@ -103,20 +102,17 @@ impl proxy_api::Business for BusinessStage {
         } else {
             MAX_POOL
         };
-        let own = started.elapsed();
-        let split = self
-            .split
-            .split(ctx.request(pb::SplitRequest {
+        let split = timer
+            .downstream(self.split.split(ctx.request(pb::SplitRequest {
                 user_id: request.user_id,
                 limit,
                 context: request.context,
                 layers: limits.layers.clone(),
                 explain: request.explain,
-            }))
+            })))
             .await
             .map_err(Error::from)?
             .into_inner();
-        let after = Instant::now();
         let ranked: Vec<pb::FeedItem> = split
             .items
             .into_iter()
@@ -139,12 +135,7 @@ impl proxy_api::Business for BusinessStage {
             String::new()
         };
         let mut timings = split.timings;
-        if request.explain {
-            timings.push(pb::StageTiming {
-                stage: "business".into(),
-                self_us: (own + after.elapsed()).as_micros() as u64,
-            });
-        }
+        timer.record(Stage::Business, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::GetFeedResponse {
             items,
             next_cursor,

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use proxy_api::{CallContext, pb};
+use proxy_api::{CallContext, SelfTimer, Stage, pb};
 use world::{World, unit};
 
 use crate::{Config, Error};
@@ -182,34 +181,26 @@ impl proxy_api::FineRank for FineRankStage {
         &self,
         request: tonic::Request<pb::RankRequest>,
     ) -> Result<tonic::Response<pb::RankResponse>, tonic::Status> {
-        let started = Instant::now();
+        let mut timer = SelfTimer::start();
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let query = Query::from_pb(&request);
-        let down_started = Instant::now();
-        let recalled = self
-            .recall
-            .recall(ctx.request(pb::RecallRequest {
+        let recalled = timer
+            .downstream(self.recall.recall(ctx.request(pb::RecallRequest {
                 user_id: request.user_id,
                 context: request.context,
                 assignment: request.assignment,
                 explain: request.explain,
-            }))
+            })))
             .await?
             .into_inner();
-        let downstream = down_started.elapsed();
         let items = self
             .rank(&query, recalled.items)?
             .into_iter()
             .map(Into::into)
             .collect();
         let mut timings = recalled.timings;
-        if request.explain {
-            timings.push(pb::StageTiming {
-                stage: "finerank".into(),
-                self_us: started.elapsed().saturating_sub(downstream).as_micros() as u64,
-            });
-        }
+        timer.record(Stage::FineRank, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::RankResponse { items, timings }))
     }
 }

@@ -3,9 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use proxy_api::pb;
+use proxy_api::{SelfTimer, Stage, pb};
 use world::{World, mix};
 
 use crate::{Config, Error};
@@ -222,18 +221,12 @@ impl proxy_api::Recall for RecallStage {
         &self,
         request: tonic::Request<pb::RecallRequest>,
     ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        let started = Instant::now();
+        let timer = SelfTimer::start();
         let request = request.into_inner();
         let query = Query::from_pb(&request);
         let items = self.recall(&query)?.into_iter().map(Into::into).collect();
-        let timings = if request.explain {
-            vec![pb::StageTiming {
-                stage: "recall".into(),
-                self_us: started.elapsed().as_micros() as u64,
-            }]
-        } else {
-            Vec::new()
-        };
+        let mut timings = Vec::new();
+        timer.record(Stage::Recall, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::RecallResponse { items, timings }))
     }
 }

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use proxy_api::{CallContext, pb};
+use proxy_api::{CallContext, SelfTimer, Stage, pb};
 use world::World;
 
 use crate::{Config, Error};
@@ -146,7 +145,7 @@ impl proxy_api::Rerank for RerankStage {
         &self,
         request: tonic::Request<pb::RerankRequest>,
     ) -> Result<tonic::Response<pb::RerankResponse>, tonic::Status> {
-        let started = Instant::now();
+        let mut timer = SelfTimer::start();
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let params = request
@@ -155,18 +154,15 @@ impl proxy_api::Rerank for RerankStage {
             .map(|a| a.params.clone())
             .unwrap_or_default();
         let rules = self.rules(&params)?;
-        let down_started = Instant::now();
-        let ranked = self
-            .finerank
-            .rank(ctx.request(pb::RankRequest {
+        let ranked = timer
+            .downstream(self.finerank.rank(ctx.request(pb::RankRequest {
                 user_id: request.user_id,
                 context: request.context,
                 assignment: request.assignment,
                 explain: request.explain,
-            }))
+            })))
             .await?
             .into_inner();
-        let downstream = down_started.elapsed();
         let pool = ranked.items.into_iter().map(Pick::from).collect();
         let items = self
             .compose(rules, request.limit as usize, pool)
@@ -174,12 +170,7 @@ impl proxy_api::Rerank for RerankStage {
             .map(Into::into)
             .collect();
         let mut timings = ranked.timings;
-        if request.explain {
-            timings.push(pb::StageTiming {
-                stage: "rerank".into(),
-                self_us: started.elapsed().saturating_sub(downstream).as_micros() as u64,
-            });
-        }
+        timer.record(Stage::Rerank, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::RerankResponse { items, timings }))
     }
 }

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use proxy_api::{CallContext, pb};
+use proxy_api::{CallContext, SelfTimer, Stage, pb};
 
 use crate::config::BUCKETS;
 use crate::{Config, Error};
@@ -91,31 +90,24 @@ impl proxy_api::Split for SplitStage {
         &self,
         request: tonic::Request<pb::SplitRequest>,
     ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
-        let started = Instant::now();
+        let mut timer = SelfTimer::start();
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let assignment: pb::Assignment = self.assign(&request.user_id, &request.layers).into();
-        let own = started.elapsed();
         // The context is moved, not copied: split passes it through untouched.
-        let reranked = self
-            .rerank
-            .rerank(ctx.request(pb::RerankRequest {
+        let reranked = timer
+            .downstream(self.rerank.rerank(ctx.request(pb::RerankRequest {
                 user_id: request.user_id,
                 limit: request.limit,
                 context: request.context,
                 assignment: Some(assignment.clone()),
                 explain: request.explain,
-            }))
+            })))
             .await
             .map_err(Error::from)?
             .into_inner();
         let mut timings = reranked.timings;
-        if request.explain {
-            timings.push(pb::StageTiming {
-                stage: "split".into(),
-                self_us: own.as_micros() as u64,
-            });
-        }
+        timer.record(Stage::Split, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::SplitResponse {
             items: reranked.items,
             assignment: Some(assignment),
