@@ -16,6 +16,11 @@ pub struct WorldConfig {
     pub categories: u32,
     /// Distinct creators.
     pub creators: u32,
+    /// Embedding dimensions.
+    pub dims: u32,
+    /// Load the world from this directory (written by `feeds world --out`)
+    /// instead of generating it; the sizes above are then ignored.
+    pub dir: Option<String>,
 }
 
 impl Default for WorldConfig {
@@ -26,6 +31,8 @@ impl Default for WorldConfig {
             users: 10_000,
             categories: 24,
             creators: 2_000,
+            dims: 64,
+            dir: None,
         }
     }
 }
@@ -57,6 +64,7 @@ impl WorldConfig {
         check("users", self.users, 1, 100_000_000)?;
         check("categories", self.categories, 1, 10_000)?;
         check("creators", self.creators, 1, 10_000_000)?;
+        check("dims", self.dims, 2, 1_024)?;
         if self.categories > self.items {
             return Err(WorldError {
                 key: "categories",
@@ -74,6 +82,15 @@ mod tests {
     #[test]
     fn default_is_valid() {
         assert_eq!(WorldConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_zero_dims() {
+        let cfg = WorldConfig {
+            dims: 0,
+            ..WorldConfig::default()
+        };
+        assert_eq!(cfg.validate().expect_err("zero").key, "dims");
     }
 
     #[test]

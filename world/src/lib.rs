@@ -7,11 +7,17 @@
 //! - `config`: [`WorldConfig`], the seed and sizes, with `validate()`.
 //! - `catalog`: [`World`] and [`Item`]: generation and look-ups.
 //! - `hash`: [`mix`], the stable hash stages use for deterministic choices.
+//! - `rng`: the seeded generator behind every draw, and vector helpers.
+//! - `files`: [`World::save`] and [`World::load`], the on-disk format.
 
 mod catalog;
 mod config;
+mod files;
 mod hash;
+mod rng;
 
-pub use catalog::{Item, World};
+pub use catalog::{Item, Truth, World};
 pub use config::{WorldConfig, WorldError};
+pub use files::FileError;
 pub use hash::{mix, unit, user_key};
+pub use rng::{dot, normalize};

@@ -9,16 +9,19 @@
 //!   [`proxy_api::Registry`] for a plan.
 //! - `serve`: `feeds serve`: bind, build, log the topology, serve with health.
 //! - `query`: `feeds query`: one `GetFeed` call, printed as a table or JSON.
+//! - `eval`: `feeds eval`: quality against the world's hidden ground truth.
 //! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
 
 mod config;
+mod eval;
 mod query;
 mod serve;
 mod topology;
 mod wiring;
 
 pub use config::{Config, ENV_PREFIX, LoadError, Plan, ProcessConfig, figment, load};
+pub use eval::{EvalError, EvalReport, Quality, eval};
 pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
 pub use serve::{ServeError, bind, describe, run};
 pub use topology::{Member, NAMED, Running, TopologyError, is_serving, resolve, start};
-pub use wiring::{build, build_with};
+pub use wiring::{WiringError, build, build_with, world};

@@ -15,6 +15,17 @@ struct Cli {
     command: Command,
 }
 
+/// World size overrides, applied on top of the config.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct WorldArgs {
+    /// Items in the generated world (overrides world.items).
+    #[arg(long)]
+    items: Option<u32>,
+    /// Users in the generated world (overrides world.users).
+    #[arg(long)]
+    users: Option<u32>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Host the stages the config names and serve them over gRPC.
@@ -30,6 +41,46 @@ enum Command {
         /// Print the effective config as TOML and exit without serving.
         #[arg(long)]
         print_config: bool,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Measure the pipeline against the world's hidden ground truth
+    /// (NDCG@20, Recall@100), next to a popularity-only baseline.
+    Eval {
+        /// TOML config file; its stage settings are evaluated as a monolith.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Users to evaluate, spread over the world.
+        #[arg(long = "sample", default_value_t = 500)]
+        sample: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Train the fine-rank model versions from the world's interaction log
+    /// and write them as DIR/<version>.json (load them with finerank.model_dir).
+    Train {
+        /// TOML config file (its world section says which world to train on).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Write the world to files (load them back with world.dir).
+    World {
+        /// TOML config file (its world section says which world).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        world: WorldArgs,
     },
     /// Call Business.GetFeed and print the page.
     Query {
@@ -76,7 +127,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -85,7 +136,16 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             print_config,
-        } => serve(config, print_config),
+            world,
+        } => serve(config, world, print_config),
+        Command::Eval {
+            config,
+            sample,
+            json,
+            world,
+        } => eval(config, world, sample, json),
+        Command::Train { config, out, world } => train(config, world, &out),
+        Command::World { config, out, world } => write_world(config, world, &out),
         Command::Query {
             addr,
             user,
@@ -137,13 +197,105 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn serve(file: Option<PathBuf>, print_config: bool) -> ExitCode {
-    let (config, plan) = match feeds::load(file.as_deref()) {
+/// Loads the config with the world overrides; prints the error on failure.
+fn load(file: Option<PathBuf>, world: WorldArgs) -> Result<(feeds::Config, feeds::Plan), ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let (mut config, _) = feeds::load(file.as_deref()).map_err(|e| fail(&e))?;
+    if let Some(items) = world.items {
+        config.world.items = items;
+    }
+    if let Some(users) = world.users {
+        config.world.users = users;
+    }
+    let plan = config
+        .validate()
+        .map_err(|e| fail(&format!("command line: {e}")))?;
+    Ok((config, plan))
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+fn eval(file: Option<PathBuf>, world: WorldArgs, sample: usize, json: bool) -> ExitCode {
+    let (config, _) = match load(file, world) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+        Err(code) => return code,
+    };
+    let result = runtime(config.process.worker_threads)
+        .and_then(|rt| Ok(rt.block_on(feeds::eval(&config, sample))?));
+    match result {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
         }
+        Ok(r) => {
+            println!("users evaluated: {}", r.users);
+            println!("{:<12} {:>9} {:>11}", "", "NDCG@20", "Recall@100");
+            for (name, q) in [("pipeline", &r.pipeline), ("popularity", &r.popularity)] {
+                println!("{name:<12} {:>9.4} {:>11.4}", q.ndcg_at_20, q.recall_at_100);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> ExitCode {
+    let (config, _) = match load(file, world) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let world = feeds::world(&config)?;
+        std::fs::create_dir_all(out)?;
+        for params in finerank::TrainParams::versions() {
+            let model = finerank::train(&world, &params);
+            let path = out.join(format!("{}.json", params.version));
+            model.save(&path)?;
+            eprintln!(
+                "wrote {} ({} examples, log loss {:.4})",
+                path.display(),
+                model.trained.examples,
+                model.trained.final_log_loss
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> ExitCode {
+    let (config, _) = match load(file, world) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match feeds::world(&config)
+        .map_err(anyhow::Error::from)
+        .and_then(|w| Ok(w.save(out)?))
+    {
+        Ok(()) => {
+            eprintln!("wrote the world to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn serve(file: Option<PathBuf>, world: WorldArgs, print_config: bool) -> ExitCode {
+    let (config, plan) = match load(file, world) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     if print_config {
         return match toml_string(&config) {

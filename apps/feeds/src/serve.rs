@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use proxy_api::{Binding, RegistryError, Stage};
+use proxy_api::{Binding, Stage};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -22,9 +22,9 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The registry could not be built.
+    /// The stages could not be set up.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Wiring(#[from] crate::wiring::WiringError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),

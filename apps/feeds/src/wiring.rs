@@ -7,6 +7,49 @@ use std::sync::Arc;
 use proxy_api::{Registry, RegistryError, Stage};
 use world::World;
 
+/// A stage or its data could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// Binding a slot failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The world files could not be loaded.
+    #[error("world.dir: {0}")]
+    World(#[from] world::FileError),
+    /// A stage refused its config or data.
+    #[error("{stage}: {message}")]
+    Stage {
+        /// The stage's name.
+        stage: &'static str,
+        /// What it said.
+        message: String,
+    },
+}
+
+fn stage_err(stage: Stage, e: impl std::fmt::Display) -> WiringError {
+    WiringError::Stage {
+        stage: stage.name(),
+        message: e.to_string(),
+    }
+}
+
+/// The world `config` describes: loaded from `world.dir` or generated.
+pub fn world(config: &Config) -> Result<World, WiringError> {
+    let started = std::time::Instant::now();
+    let world = match &config.world.dir {
+        Some(dir) => World::load(std::path::Path::new(dir))?,
+        None => World::generate(&config.world),
+    };
+    tracing::info!(
+        items = world.len(),
+        users = world.users(),
+        dims = world.dims(),
+        seconds = started.elapsed().as_secs_f32(),
+        "world ready"
+    );
+    Ok(world)
+}
+
 use crate::config::{Config, Plan};
 
 /// Stages that read the catalogue; a process hosting none of them skips it.
@@ -19,11 +62,11 @@ const READS_WORLD: [Stage; 4] = [
 
 /// The registry for `plan`. Generates the world once, shared by every hosted
 /// stage, if any of them reads it. Must run inside a tokio runtime.
-pub fn build(config: &Config, plan: &Plan) -> Result<Registry, RegistryError> {
-    let world = READS_WORLD
-        .iter()
-        .any(|s| plan.hosts(*s))
-        .then(|| Arc::new(World::generate(&config.world)));
+pub fn build(config: &Config, plan: &Plan) -> Result<Registry, WiringError> {
+    let world = match READS_WORLD.iter().any(|s| plan.hosts(*s)) {
+        true => Some(Arc::new(world(config)?)),
+        false => None,
+    };
     build_with(config, plan, world)
 }
 
@@ -32,7 +75,7 @@ pub fn build_with(
     config: &Config,
     plan: &Plan,
     world: Option<Arc<World>>,
-) -> Result<Registry, RegistryError> {
+) -> Result<Registry, WiringError> {
     let mut registry = Registry::empty();
     for (stage, remote) in &plan.remotes {
         registry.bind_remote(*stage, remote, config.process.limits)?;
@@ -43,6 +86,7 @@ pub fn build_with(
         ))
     };
     for stage in Stage::ALL.iter().rev().filter(|s| plan.hosts(**s)) {
+        let started = std::time::Instant::now();
         match stage {
             Stage::Recall => registry.provide_recall(Arc::new(recall::RecallStage::new(
                 world()?,
@@ -53,7 +97,8 @@ pub fn build_with(
                     world()?,
                     config.finerank.clone(),
                     registry.recall()?,
-                );
+                )
+                .map_err(|e| stage_err(Stage::FineRank, e))?;
                 registry.provide_finerank(Arc::new(stage))?
             }
             Stage::Rerank => {
@@ -61,10 +106,11 @@ pub fn build_with(
                     rerank::RerankStage::new(world()?, config.rerank.clone(), registry.finerank()?);
                 registry.provide_rerank(Arc::new(stage))?
             }
-            Stage::Split => registry.provide_split(Arc::new(split::SplitStage::new(
-                config.split.clone(),
-                registry.rerank()?,
-            )))?,
+            Stage::Split => {
+                let stage = split::SplitStage::new(config.split.clone(), registry.rerank()?)
+                    .map_err(|e| stage_err(Stage::Split, e))?;
+                registry.provide_split(Arc::new(stage))?
+            }
             Stage::Business => {
                 let stage = business::BusinessStage::new(
                     world()?,
@@ -74,6 +120,11 @@ pub fn build_with(
                 registry.provide_business(Arc::new(stage))?
             }
         }
+        tracing::info!(
+            stage = stage.name(),
+            seconds = started.elapsed().as_secs_f32(),
+            "stage ready"
+        );
     }
     Ok(registry)
 }

@@ -104,7 +104,7 @@ fn unknown_keys() {
         "[process]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n",
         "lisen",
     );
-    assert_rejected("[recall]\nquota_ann = 5\n", "quota_ann");
+    assert_rejected("[recall]\nquota_bogus = 5\n", "quota_bogus");
     assert_rejected("[nonsense]\nx = 1\n", "nonsense");
 }
 

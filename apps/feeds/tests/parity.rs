@@ -33,10 +33,14 @@ fn assert_same(name: &str, reference: &[Outcome], got: &[Outcome]) {
 
 async fn os_topology(name: &str, cases: &[Case]) -> Vec<Outcome> {
     let files = feeds::resolve(name, &deploy_dir()).expect("topology files");
-    let envs = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
-    let running = feeds::start(common::EXE.as_ref(), &files, &envs, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let running = feeds::start(
+        common::EXE.as_ref(),
+        &files,
+        &common::test_env(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     let business = running
         .members
         .iter()

@@ -15,7 +15,7 @@ async fn up_starts_serves_and_stops_mixed() {
     let mut child = Command::new(common::EXE)
         .args(["up", "mixed", "--dir"])
         .arg(common::deploy_dir())
-        .env("RUST_LOG", "warn")
+        .envs(common::test_env())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn feeds up");

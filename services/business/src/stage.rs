@@ -85,6 +85,18 @@ impl BusinessStage {
     }
 }
 
+impl BusinessStage {
+    /// The request's context, with the user's recent history from the
+    /// interaction log when the product sent none (a known user).
+    fn with_history(&self, user_id: &str, context: Option<pb::UserContext>) -> pb::UserContext {
+        let mut context = context.unwrap_or_default();
+        if context.recent_items.is_empty() {
+            context.recent_items = self.world.history(world::user_key(user_id)).to_vec();
+        }
+        context
+    }
+}
+
 #[proxy_api::async_trait]
 impl proxy_api::Business for BusinessStage {
     async fn get_feed(
@@ -102,11 +114,12 @@ impl proxy_api::Business for BusinessStage {
         } else {
             MAX_POOL
         };
+        let context = self.with_history(&request.user_id, request.context);
         let split = timer
             .downstream(self.split.split(ctx.request(pb::SplitRequest {
                 user_id: request.user_id,
                 limit,
-                context: request.context,
+                context: Some(context),
                 layers: limits.layers.clone(),
                 explain: request.explain,
             })))

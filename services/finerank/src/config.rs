@@ -10,6 +10,9 @@ pub struct Config {
     pub keep: u32,
     /// Model version used when no experiment picks one (`v1` or `v2`).
     pub model: String,
+    /// Directory with `v1.json` and `v2.json` (written by `feeds train`);
+    /// when absent, both are trained from the world at start-up.
+    pub model_dir: Option<String>,
 }
 
 impl Default for Config {
@@ -17,6 +20,7 @@ impl Default for Config {
         Self {
             keep: 200,
             model: "v1".into(),
+            model_dir: None,
         }
     }
 }
@@ -30,13 +34,17 @@ impl Config {
                 format!("{} is out of range 1..=5000", self.keep),
             ));
         }
-        if crate::Model::named(&self.model).is_none() {
+        let known: Vec<String> = crate::TrainParams::versions()
+            .into_iter()
+            .map(|p| p.version)
+            .collect();
+        if !known.contains(&self.model) {
             return Err(proxy_api::ConfigError::new(
                 "finerank.model",
                 format!(
                     "unknown model {:?} (known: {})",
                     self.model,
-                    crate::Model::NAMES.join(", ")
+                    known.join(", ")
                 ),
             ));
         }

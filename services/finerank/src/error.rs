@@ -1,6 +1,6 @@
 //! Errors of the fine-rank stage.
 
-/// What can go wrong while ranking.
+/// What can go wrong while ranking or starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An experiment parameter names no known model or is not a number.
@@ -13,6 +13,9 @@ pub enum Error {
         /// Why it was refused.
         why: String,
     },
+    /// A model file could not be used.
+    #[error(transparent)]
+    Model(#[from] crate::ModelError),
     /// Recall failed.
     #[error(transparent)]
     Downstream(#[from] tonic::Status),
@@ -22,6 +25,7 @@ impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         match err {
             Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::Model(_) => tonic::Status::internal(err.to_string()),
             Error::Downstream(status) => status,
         }
     }

@@ -2,6 +2,7 @@
 
 use proxy_api::pb;
 
+use crate::stage::ChannelTag;
 use crate::{Query, Scored};
 
 impl Query {
@@ -19,6 +20,17 @@ impl Query {
                 .as_ref()
                 .map(|a| a.params.clone())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+impl ChannelTag {
+    pub(crate) fn parse(channel: &str) -> Self {
+        match channel {
+            "ann" => ChannelTag::Ann,
+            "i2i" => ChannelTag::I2i,
+            "popular" => ChannelTag::Popular,
+            _ => ChannelTag::Other,
         }
     }
 }

@@ -1,12 +1,23 @@
 //! The fine-rank logic and its `FineRank` implementation.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use proxy_api::{CallContext, SelfTimer, Stage, pb};
-use world::{World, unit};
+use world::World;
 
-use crate::{Config, Error};
+use crate::features::FeatureBuilder;
+use crate::{Config, Error, Model, TrainParams, train};
+
+/// Which recall channel produced a candidate (a feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChannelTag {
+    Ann,
+    I2i,
+    Popular,
+    Other,
+}
 
 /// What fine-rank needs from a request.
 #[derive(Clone, Debug, Default)]
@@ -19,63 +30,52 @@ pub struct Query {
     pub params: BTreeMap<String, String>,
 }
 
-/// The features of one candidate, in model order.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Features(pub [f32; 5]);
-
-/// A linear model over [`Features`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Model {
-    /// One weight per feature.
-    weights: [f32; 5],
-    /// Added to every score.
-    bias: f32,
-}
-
-impl Model {
-    /// Known model versions.
-    pub const NAMES: [&'static str; 2] = ["v1", "v2"];
-
-    /// The model with this version name.
-    pub fn named(name: &str) -> Option<Model> {
-        // Features: popularity, freshness, category affinity, taste, recall score.
-        match name {
-            "v1" => Some(Model {
-                weights: [0.35, 0.15, 0.30, 0.15, 0.05],
-                bias: 0.0,
-            }),
-            "v2" => Some(Model {
-                weights: [0.20, 0.25, 0.35, 0.15, 0.05],
-                bias: 0.0,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Scores a batch of feature rows.
-    pub fn score(&self, rows: &[Features]) -> Vec<f32> {
-        rows.iter()
-            .map(|f| {
-                self.bias
-                    + f.0
-                        .iter()
-                        .zip(&self.weights)
-                        .map(|(x, w)| x * w)
-                        .sum::<f32>()
-            })
-            .collect()
-    }
-}
-
 /// One scored candidate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scored {
     /// Item id.
     pub item: u64,
-    /// Model score.
+    /// Model score (probability of engagement).
     pub score: f32,
     /// Recall channel, carried through.
     pub channel: String,
+}
+
+/// The model versions experiments can choose from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Models(BTreeMap<String, Model>);
+
+impl Models {
+    /// Trains every shipped version on `world` (deterministic, about a second
+    /// for the default world).
+    pub fn train(world: &World) -> Self {
+        Self(
+            TrainParams::versions()
+                .iter()
+                .map(|p| (p.version.clone(), train(world, p)))
+                .collect(),
+        )
+    }
+
+    /// Loads `<dir>/<version>.json` for every shipped version.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let mut models = BTreeMap::new();
+        for p in TrainParams::versions() {
+            let model = Model::load(&dir.join(format!("{}.json", p.version)))?;
+            models.insert(p.version, model);
+        }
+        Ok(Self(models))
+    }
+
+    /// The model of one version.
+    pub fn get(&self, version: &str) -> Option<&Model> {
+        self.0.get(version)
+    }
+
+    /// Every model, by version.
+    pub fn all(&self) -> impl Iterator<Item = &Model> {
+        self.0.values()
+    }
 }
 
 /// The fine-rank stage.
@@ -84,29 +84,41 @@ pub struct FineRankStage {
     world: Arc<World>,
     /// Defaults.
     config: Config,
+    /// Model versions.
+    models: Models,
     /// Where candidates come from, bound local or grpc.
     recall: Arc<dyn proxy_api::Recall>,
 }
 
 impl FineRankStage {
-    /// A fine-rank stage reading candidates from `recall`.
-    pub fn new(world: Arc<World>, config: Config, recall: Arc<dyn proxy_api::Recall>) -> Self {
-        Self {
+    /// A fine-rank stage reading candidates from `recall`; loads the models
+    /// from `config.model_dir` or trains them from the world.
+    pub fn new(
+        world: Arc<World>,
+        config: Config,
+        recall: Arc<dyn proxy_api::Recall>,
+    ) -> Result<Self, Error> {
+        let models = match &config.model_dir {
+            Some(dir) => Models::load(Path::new(dir))?,
+            None => Models::train(&world),
+        };
+        Ok(Self {
             world,
             config,
+            models,
             recall,
-        }
+        })
     }
 
-    fn params(&self, query: &Query) -> Result<(Model, usize), Error> {
-        let model_name = query
+    fn params(&self, query: &Query) -> Result<(&Model, usize), Error> {
+        let name = query
             .params
             .get("finerank.model")
             .unwrap_or(&self.config.model);
-        let model = Model::named(model_name).ok_or_else(|| Error::BadParam {
+        let model = self.models.get(name).ok_or_else(|| Error::BadParam {
             key: "finerank.model",
-            value: model_name.clone(),
-            why: format!("known models: {}", Model::NAMES.join(", ")),
+            value: name.clone(),
+            why: "no such model version".into(),
         })?;
         let keep = match query.params.get("finerank.keep") {
             None => self.config.keep as usize,
@@ -122,36 +134,6 @@ impl FineRankStage {
         Ok((model, keep))
     }
 
-    /// Features of every candidate for `query`.
-    pub fn features(&self, query: &Query, candidates: &[pb::ScoredItem]) -> Vec<Features> {
-        let categories = self.world.config().categories as usize;
-        let mut affinity = vec![0f32; categories];
-        let mut known = 0f32;
-        for id in &query.recent {
-            if let Some(item) = self.world.item(*id) {
-                affinity[item.category as usize] += 1.0;
-                known += 1.0;
-            }
-        }
-        if known > 0.0 {
-            affinity.iter_mut().for_each(|a| *a /= known);
-        }
-        let seed = self.world.config().seed;
-        candidates
-            .iter()
-            .map(|c| match self.world.item(c.item_id) {
-                Some(item) => Features([
-                    item.popularity.sqrt(),
-                    (-item.age_days / 60.0).exp(),
-                    affinity[item.category as usize],
-                    unit(seed, &[20, query.user, c.item_id]) as f32,
-                    c.score,
-                ]),
-                None => Features::default(),
-            })
-            .collect()
-    }
-
     /// Scores `candidates` and keeps the best, best first (ties by item id).
     pub fn rank(
         &self,
@@ -159,7 +141,12 @@ impl FineRankStage {
         candidates: Vec<pb::ScoredItem>,
     ) -> Result<Vec<Scored>, Error> {
         let (model, keep) = self.params(query)?;
-        let scores = model.score(&self.features(query, &candidates));
+        let builder = FeatureBuilder::new(&self.world, query.user, &query.recent);
+        let rows: Vec<_> = candidates
+            .iter()
+            .map(|c| builder.row(c.item_id, ChannelTag::parse(&c.channel)))
+            .collect();
+        let scores = model.score(&rows);
         let mut scored: Vec<Scored> = candidates
             .into_iter()
             .zip(scores)

@@ -2,27 +2,37 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Default quotas; experiments override them through `recall.quota.<channel>`.
+/// Default quotas and index parameters; experiments override the quotas
+/// through `recall.quota.<channel>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Candidates from the user's taste (`personal` channel).
-    pub quota_personal: u32,
-    /// Candidates related to the user's recent items (`i2i` channel).
+    /// Candidates from ANN search with the user's embedding (`ann` channel).
+    pub quota_ann: u32,
+    /// Candidates near the user's recent items (`i2i` channel).
     pub quota_i2i: u32,
-    /// Popular items, the cold-start fallback (`popular` channel).
+    /// Popular items (`popular` channel); also fills what the others leave.
     pub quota_popular: u32,
-    /// Recent items considered by the i2i channel.
+    /// Recent items the i2i channel searches from.
     pub history_window: u32,
+    /// HNSW links per node.
+    pub hnsw_m: u32,
+    /// HNSW candidate list while building.
+    pub hnsw_ef_construction: u32,
+    /// HNSW candidate list while searching.
+    pub hnsw_ef_search: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            quota_personal: 400,
+            quota_ann: 500,
             quota_i2i: 300,
-            quota_popular: 300,
-            history_window: 20,
+            quota_popular: 200,
+            history_window: 5,
+            hnsw_m: 10,
+            hnsw_ef_construction: 40,
+            hnsw_ef_search: 128,
         }
     }
 }
@@ -30,18 +40,32 @@ impl Default for Config {
 impl Config {
     /// Checks the values; errors name the key under `recall.`.
     pub fn validate(&self) -> Result<(), proxy_api::ConfigError> {
-        let total = self.quota_personal + self.quota_i2i + self.quota_popular;
+        let total =
+            u64::from(self.quota_ann) + u64::from(self.quota_i2i) + u64::from(self.quota_popular);
         if total == 0 || total > 10_000 {
             return Err(proxy_api::ConfigError::new(
-                "recall.quota_personal",
+                "recall.quota_ann",
                 format!("the three quotas add up to {total}; it must be in 1..=10000"),
             ));
         }
-        if self.history_window == 0 {
-            return Err(proxy_api::ConfigError::new(
-                "recall.history_window",
-                "must be at least 1",
-            ));
+        let ranges = [
+            ("recall.history_window", self.history_window, 1, 100),
+            ("recall.hnsw_m", self.hnsw_m, 2, 128),
+            (
+                "recall.hnsw_ef_construction",
+                self.hnsw_ef_construction,
+                8,
+                2_000,
+            ),
+            ("recall.hnsw_ef_search", self.hnsw_ef_search, 8, 10_000),
+        ];
+        for (key, v, min, max) in ranges {
+            if !(min..=max).contains(&v) {
+                return Err(proxy_api::ConfigError::new(
+                    key,
+                    format!("{v} is out of range {min}..={max}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -57,16 +81,18 @@ mod tests {
     }
 
     #[test]
-    fn zero_quotas_rejected() {
-        let cfg = Config {
-            quota_personal: 0,
+    fn bad_values_rejected() {
+        let zero = Config {
+            quota_ann: 0,
             quota_i2i: 0,
             quota_popular: 0,
             ..Config::default()
         };
-        assert_eq!(
-            cfg.validate().expect_err("zero").key,
-            "recall.quota_personal"
-        );
+        assert_eq!(zero.validate().expect_err("zero").key, "recall.quota_ann");
+        let m = Config {
+            hnsw_m: 1,
+            ..Config::default()
+        };
+        assert_eq!(m.validate().expect_err("m").key, "recall.hnsw_m");
     }
 }

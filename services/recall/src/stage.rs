@@ -5,26 +5,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proxy_api::{SelfTimer, Stage, pb};
-use world::{World, mix};
+use world::World;
 
-use crate::{Config, Error};
+use crate::{AnnIndex, Config, Error, IndexParams};
 
 /// A recall channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
-    /// From the user's taste.
-    Personal,
-    /// Related to the user's recent items.
+    /// ANN search with the user's embedding.
+    Ann,
+    /// ANN search from each recent item's embedding.
     I2i,
     /// Globally popular.
     Popular,
 }
 
 impl Channel {
+    /// Every channel, in merge order.
+    pub const ALL: [Channel; 3] = [Channel::Ann, Channel::I2i, Channel::Popular];
+
     /// The channel's name in responses and parameters.
     pub fn name(self) -> &'static str {
         match self {
-            Channel::Personal => "personal",
+            Channel::Ann => "ann",
             Channel::I2i => "i2i",
             Channel::Popular => "popular",
         }
@@ -47,7 +50,7 @@ pub struct Query {
 pub struct Candidate {
     /// Item id.
     pub item: u64,
-    /// Recall score, higher first within a channel.
+    /// Channel score: similarity for ann/i2i, popularity for popular.
     pub score: f32,
     /// Which channel found it.
     pub channel: Channel,
@@ -59,16 +62,26 @@ pub struct RecallStage {
     world: Arc<World>,
     /// Default quotas.
     config: Config,
+    /// HNSW over item embeddings.
+    index: AnnIndex,
     /// History ids that are not in the catalogue, ignored and counted.
     unknown_history: AtomicU64,
 }
 
 impl RecallStage {
-    /// A recall stage over `world`.
+    /// A recall stage over `world`; builds the ANN index (seconds for the
+    /// default world).
     pub fn new(world: Arc<World>, config: Config) -> Self {
+        let params = IndexParams {
+            m: config.hnsw_m as usize,
+            ef_construction: config.hnsw_ef_construction as usize,
+            ef_search: config.hnsw_ef_search as usize,
+        };
+        let index = AnnIndex::build(&world, params);
         Self {
             world,
             config,
+            index,
             unknown_history: AtomicU64::new(0),
         }
     }
@@ -78,7 +91,12 @@ impl RecallStage {
         self.unknown_history.load(Ordering::Relaxed)
     }
 
-    fn quota(&self, query: &Query, channel: Channel, default: u32) -> Result<usize, Error> {
+    fn quota(&self, query: &Query, channel: Channel) -> Result<usize, Error> {
+        let default = match channel {
+            Channel::Ann => self.config.quota_ann,
+            Channel::I2i => self.config.quota_i2i,
+            Channel::Popular => self.config.quota_popular,
+        };
         let key = format!("recall.quota.{}", channel.name());
         match query.params.get(&key) {
             None => Ok(default as usize),
@@ -92,23 +110,31 @@ impl RecallStage {
         }
     }
 
+    /// The user's query vector: their embedding if known, else the mean of
+    /// their recent items' embeddings, else none (cold start).
+    fn user_vector(&self, user: u64, history: &[u64]) -> Option<Vec<f32>> {
+        if let Some(e) = self.world.user_embedding(user) {
+            return Some(e.to_vec());
+        }
+        let mut mean = vec![0f32; self.world.dims()];
+        let mut n = 0;
+        for e in history
+            .iter()
+            .filter_map(|id| self.world.item_embedding(*id))
+        {
+            mean.iter_mut().zip(e).for_each(|(m, x)| *m += x);
+            n += 1;
+        }
+        (n > 0).then(|| {
+            world::normalize(&mut mean);
+            mean
+        })
+    }
+
     /// Recalls candidates for `query`, channels merged in quota order; the
     /// popular channel makes up any shortfall of the others (cold users).
     pub fn recall(&self, query: &Query) -> Result<Vec<Candidate>, Error> {
-        let quotas = [
-            (
-                Channel::Personal,
-                self.quota(query, Channel::Personal, self.config.quota_personal)?,
-            ),
-            (
-                Channel::I2i,
-                self.quota(query, Channel::I2i, self.config.quota_i2i)?,
-            ),
-            (
-                Channel::Popular,
-                self.quota(query, Channel::Popular, self.config.quota_popular)?,
-            ),
-        ];
+        let quotas = Channel::ALL.map(|c| self.quota(query, c).map(|q| (c, q)));
         let mut history = Vec::new();
         for id in &query.recent {
             if self.world.item(*id).is_some() {
@@ -118,100 +144,60 @@ impl RecallStage {
             }
         }
         let mut taken: HashSet<u64> = history.iter().copied().collect();
-        let wanted: usize = quotas.iter().map(|(_, q)| q).sum();
-        let mut out = Vec::with_capacity(wanted);
-        for (channel, quota) in quotas {
-            let before = out.len();
-            // Popular is the fallback: it also fills what the others could not.
-            let quota = if channel == Channel::Popular {
-                wanted - before
-            } else {
-                quota
+        let mut wanted = 0;
+        let mut out = Vec::new();
+        for quota in quotas {
+            let (channel, quota) = quota?;
+            wanted += quota;
+            let room = wanted - out.len();
+            let found: Vec<(u64, f32)> = match channel {
+                // Ask for extra: seen items are filtered after the search.
+                Channel::Ann => match self.user_vector(query.user, &history) {
+                    Some(v) => self.index.nearest(&v, room + history.len()),
+                    None => Vec::new(),
+                },
+                Channel::I2i => self.item_to_item(&history, room),
+                Channel::Popular => self
+                    .world
+                    .by_popularity()
+                    .iter()
+                    .filter(|id| !taken.contains(id))
+                    .take(room)
+                    .filter_map(|id| self.world.item(*id).map(|i| (*id, i.popularity)))
+                    .collect(),
             };
-            let mut push = |item: u64, out: &mut Vec<Candidate>| {
-                if out.len() - before < quota && taken.insert(item) {
-                    let rank = (out.len() - before) as f32;
-                    out.push(Candidate {
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|(id, _)| taken.insert(*id))
+                    .take(room)
+                    .map(|(item, score)| Candidate {
                         item,
-                        score: 1.0 / (1.0 + rank),
+                        score,
                         channel,
-                    });
-                }
-                out.len() - before < quota
-            };
-            match channel {
-                Channel::Personal => self.personal(query.user, &mut out, &mut push),
-                Channel::I2i => self.i2i(&history, &mut out, &mut push),
-                Channel::Popular => {
-                    for id in self.world.by_popularity() {
-                        if !push(*id, &mut out) {
-                            break;
-                        }
-                    }
-                }
-            }
+                    }),
+            );
         }
         Ok(out)
     }
 
-    /// The user's taste: three favourite categories (from the user key), walked
-    /// from hash-chosen offsets. Unknown users get nothing here.
-    fn personal(
-        &self,
-        user: u64,
-        out: &mut Vec<Candidate>,
-        push: &mut impl FnMut(u64, &mut Vec<Candidate>) -> bool,
-    ) {
-        if !self.world.knows_user(user) {
-            return;
-        }
-        let seed = self.world.config().seed;
-        let categories = self.world.config().categories;
-        let lists: Vec<&[u64]> = (0..3)
-            .map(|k| {
-                self.world
-                    .category_items((mix(seed, &[10, user, k]) % u64::from(categories)) as u32)
-            })
-            .collect();
-        let offsets: Vec<usize> = (0..3u64)
-            .map(|k| (mix(seed, &[11, user, k]) % 64) as usize)
-            .collect();
-        for step in 0.. {
-            let mut any = false;
-            for (list, offset) in lists.iter().zip(&offsets) {
-                if let Some(id) = list.get(offset + step) {
-                    any = true;
-                    if !push(*id, out) {
-                        return;
-                    }
-                }
-            }
-            if !any {
-                return;
-            }
-        }
-    }
-
-    /// Items of the same category as each recent item, nearest in popularity.
-    fn i2i(
-        &self,
-        history: &[u64],
-        out: &mut Vec<Candidate>,
-        push: &mut impl FnMut(u64, &mut Vec<Candidate>) -> bool,
-    ) {
+    /// Nearest items of each of the most recent items, interleaved so each
+    /// recent item contributes.
+    fn item_to_item(&self, history: &[u64], room: usize) -> Vec<(u64, f32)> {
         let window = history.len().min(self.config.history_window as usize);
-        for id in &history[..window] {
-            let Some(item) = self.world.item(*id) else {
-                continue;
-            };
-            let list = self.world.category_items(item.category);
-            let at = list.iter().position(|x| x == id).unwrap_or(0);
-            for near in list.iter().skip(at.saturating_sub(8)).take(17) {
-                if !push(*near, out) {
-                    return;
-                }
-            }
+        if window == 0 || room == 0 {
+            return Vec::new();
         }
+        let per_item = room.div_ceil(window) + window;
+        let lists: Vec<Vec<(u64, f32)>> = history[..window]
+            .iter()
+            .filter_map(|id| self.world.item_embedding(*id))
+            .map(|e| self.index.nearest(e, per_item))
+            .collect();
+        let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
+        (0..longest)
+            .flat_map(|k| lists.iter().filter_map(move |l| l.get(k).copied()))
+            .collect()
     }
 }
 
@@ -237,8 +223,9 @@ mod tests {
 
     fn stage() -> RecallStage {
         let cfg = world::WorldConfig {
-            items: 5_000,
+            items: 3_000,
             users: 100,
+            dims: 16,
             ..world::WorldConfig::default()
         };
         RecallStage::new(Arc::new(World::generate(&cfg)), Config::default())
@@ -247,7 +234,7 @@ mod tests {
     #[test]
     fn fills_quotas_and_filters_seen() {
         let s = stage();
-        let recent = vec![s.world.by_popularity()[0], 17, 99];
+        let recent = s.world.history(3).to_vec();
         let got = s
             .recall(&Query {
                 user: 3,
@@ -259,7 +246,12 @@ mod tests {
         assert!(got.iter().all(|c| !recent.contains(&c.item)));
         let unique: HashSet<u64> = got.iter().map(|c| c.item).collect();
         assert_eq!(unique.len(), got.len());
-        assert!(got.iter().any(|c| c.channel == Channel::I2i));
+        for channel in Channel::ALL {
+            assert!(
+                got.iter().any(|c| c.channel == channel),
+                "{channel:?} missing"
+            );
+        }
     }
 
     #[test]
@@ -272,8 +264,29 @@ mod tests {
                 ..Query::default()
             })
             .expect("recall");
+        assert_eq!(got.len(), 1_000);
         assert!(got.iter().all(|c| c.channel == Channel::Popular));
         assert_eq!(s.unknown_history(), 1);
+    }
+
+    #[test]
+    fn ann_channel_finds_what_the_user_likes() {
+        let s = stage();
+        let got = s
+            .recall(&Query {
+                user: 5,
+                ..Query::default()
+            })
+            .expect("recall");
+        let truth = s.world.true_affinities(5).expect("truth");
+        let ann: Vec<f32> = got
+            .iter()
+            .filter(|c| c.channel == Channel::Ann)
+            .map(|c| truth[c.item as usize])
+            .collect();
+        let mean_ann = ann.iter().sum::<f32>() / ann.len() as f32;
+        let mean_all = truth.iter().sum::<f32>() / truth.len() as f32;
+        assert!(mean_ann > mean_all + 0.5, "{mean_ann} vs {mean_all}");
     }
 
     #[test]
@@ -281,7 +294,7 @@ mod tests {
         let s = stage();
         let mut params = BTreeMap::new();
         params.insert("recall.quota.popular".to_owned(), "0".to_owned());
-        params.insert("recall.quota.personal".to_owned(), "50".to_owned());
+        params.insert("recall.quota.ann".to_owned(), "50".to_owned());
         params.insert("recall.quota.i2i".to_owned(), "0".to_owned());
         let got = s
             .recall(&Query {
@@ -291,7 +304,7 @@ mod tests {
             })
             .expect("recall");
         assert_eq!(got.len(), 50);
-        assert!(got.iter().all(|c| c.channel == Channel::Personal));
+        assert!(got.iter().all(|c| c.channel == Channel::Ann));
         let mut bad = BTreeMap::new();
         bad.insert("recall.quota.i2i".to_owned(), "many".to_owned());
         assert!(

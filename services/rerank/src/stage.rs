@@ -6,27 +6,7 @@ use std::sync::Arc;
 use proxy_api::{CallContext, SelfTimer, Stage, pb};
 use world::World;
 
-use crate::{Config, Error};
-
-/// What rerank needs from a request.
-#[derive(Clone, Debug, Default)]
-pub struct Query {
-    /// Items wanted.
-    pub limit: usize,
-    /// Effective experiment parameters.
-    pub params: BTreeMap<String, String>,
-}
-
-/// Page rules in effect for one request.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Rules {
-    /// MMR trade-off.
-    pub lambda: f32,
-    /// Per-category cap.
-    pub max_per_category: usize,
-    /// Per-creator cap.
-    pub max_per_creator: usize,
-}
+use crate::{Config, Error, PageRules};
 
 /// An item placed on the page.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,79 +39,102 @@ impl RerankStage {
         }
     }
 
-    /// The rules for `params`: config defaults overridden by experiments.
-    pub fn rules(&self, params: &BTreeMap<String, String>) -> Result<Rules, Error> {
-        fn get<T: std::str::FromStr>(
-            params: &BTreeMap<String, String>,
-            key: &'static str,
-            default: T,
-        ) -> Result<T, Error> {
-            params.get(key).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| Error::BadParam {
-                    key,
-                    value: v.clone(),
-                })
-            })
-        }
-        let rules = Rules {
-            lambda: get(params, "rerank.lambda", self.config.lambda)?,
-            max_per_category: get(
-                params,
-                "rerank.max_per_category",
-                self.config.max_per_category as usize,
-            )?,
-            max_per_creator: get(
-                params,
-                "rerank.max_per_creator",
-                self.config.max_per_creator as usize,
-            )?,
+    /// Lambda for `params`: the config default unless an experiment sets it.
+    pub fn lambda(&self, params: &BTreeMap<String, String>) -> Result<f32, Error> {
+        let Some(v) = params.get("rerank.lambda") else {
+            return Ok(self.config.lambda);
         };
-        if !(0.0..=1.0).contains(&rules.lambda) {
-            return Err(Error::BadParam {
+        match v.parse::<f32>() {
+            Ok(l) if (0.0..=1.0).contains(&l) => Ok(l),
+            _ => Err(Error::BadParam {
                 key: "rerank.lambda",
-                value: rules.lambda.to_string(),
-            });
+                value: v.clone(),
+            }),
         }
-        Ok(rules)
     }
 
-    /// Greedy MMR: repeatedly takes the candidate maximising
-    /// `lambda * score - (1 - lambda) * redundancy`, where redundancy is the
-    /// share of the page already in its category, skipping candidates over a
-    /// cap, until `limit` items are placed.
-    pub fn compose(&self, rules: Rules, limit: usize, pool: Vec<Pick>) -> Vec<Pick> {
-        let mut pool: Vec<Option<Pick>> = pool.into_iter().map(Some).collect();
-        let mut per_category: BTreeMap<u32, usize> = BTreeMap::new();
-        let mut per_creator: BTreeMap<u32, usize> = BTreeMap::new();
+    /// Greedy MMR: repeatedly places the candidate maximising
+    /// `lambda * relevance - (1 - lambda) * max similarity to the page`, where
+    /// relevance is the fine-rank score scaled to `[0, 1]` plus the tenant's
+    /// freshness boost and similarity is the dot product of item embeddings;
+    /// candidates over a category or creator cap are skipped while any other
+    /// candidate remains, so a narrow pool still fills the page.
+    pub fn compose(
+        &self,
+        lambda: f32,
+        rules: &PageRules,
+        limit: usize,
+        pool: Vec<Pick>,
+    ) -> Vec<Pick> {
+        let (lo, hi) = pool.iter().fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+            (lo.min(p.score), hi.max(p.score))
+        });
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        struct Slot<'w> {
+            pick: Option<Pick>,
+            relevance: f32,
+            embedding: Option<&'w [f32]>,
+            category: u32,
+            creator: u32,
+            max_sim: f32,
+        }
+        let mut slots: Vec<Slot<'_>> = pool
+            .into_iter()
+            .filter_map(|p| {
+                let item = self.world.item(p.item)?;
+                let relevance =
+                    (p.score - lo) / span + rules.freshness_boost * (-item.age_days / 7.0).exp();
+                Some(Slot {
+                    relevance,
+                    embedding: self.world.item_embedding(p.item),
+                    category: item.category,
+                    creator: item.creator,
+                    max_sim: 0.0,
+                    pick: Some(p),
+                })
+            })
+            .collect();
+        let mut per_category: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut per_creator: BTreeMap<u32, u32> = BTreeMap::new();
         let mut page = Vec::with_capacity(limit);
+        // First with the caps; if they leave the page short (a narrow pool),
+        // fill the rest without them rather than serve a short page.
+        let mut capped = true;
         while page.len() < limit {
             let mut best: Option<(usize, f32)> = None;
-            for (i, slot) in pool.iter().enumerate() {
-                let Some(pick) = slot else { continue };
-                let Some(item) = self.world.item(pick.item) else {
-                    continue;
-                };
-                let in_category = per_category.get(&item.category).copied().unwrap_or(0);
-                if in_category >= rules.max_per_category
-                    || per_creator.get(&item.creator).copied().unwrap_or(0) >= rules.max_per_creator
+            for (i, s) in slots.iter().enumerate() {
+                if s.pick.is_none()
+                    || capped
+                        && (per_category.get(&s.category).copied().unwrap_or(0)
+                            >= rules.max_per_category
+                            || per_creator.get(&s.creator).copied().unwrap_or(0)
+                                >= rules.max_per_creator)
                 {
                     continue;
                 }
-                let redundancy = if page.is_empty() {
-                    0.0
-                } else {
-                    in_category as f32 / page.len() as f32
-                };
-                let value = rules.lambda * pick.score - (1.0 - rules.lambda) * redundancy;
+                let value = lambda * s.relevance - (1.0 - lambda) * s.max_sim;
                 if best.is_none_or(|(_, v)| value > v) {
                     best = Some((i, value));
                 }
             }
-            let Some((i, _)) = best else { break };
-            let Some(pick) = pool[i].take() else { break };
-            if let Some(item) = self.world.item(pick.item) {
-                *per_category.entry(item.category).or_default() += 1;
-                *per_creator.entry(item.creator).or_default() += 1;
+            let Some((i, _)) = best else {
+                if capped {
+                    capped = false;
+                    continue;
+                }
+                break;
+            };
+            let Some(pick) = slots[i].pick.take() else {
+                break;
+            };
+            *per_category.entry(slots[i].category).or_default() += 1;
+            *per_creator.entry(slots[i].creator).or_default() += 1;
+            if let Some(placed) = slots[i].embedding {
+                for s in slots.iter_mut().filter(|s| s.pick.is_some()) {
+                    if let Some(e) = s.embedding {
+                        s.max_sim = s.max_sim.max(world::dot(placed, e));
+                    }
+                }
             }
             page.push(pick);
         }
@@ -153,7 +156,8 @@ impl proxy_api::Rerank for RerankStage {
             .as_ref()
             .map(|a| a.params.clone())
             .unwrap_or_default();
-        let rules = self.rules(&params)?;
+        let lambda = self.lambda(&params)?;
+        let rules = self.config.rules_for(ctx.tenant.as_deref());
         let ranked = timer
             .downstream(self.finerank.rank(ctx.request(pb::RankRequest {
                 user_id: request.user_id,
@@ -165,7 +169,7 @@ impl proxy_api::Rerank for RerankStage {
             .into_inner();
         let pool = ranked.items.into_iter().map(Pick::from).collect();
         let items = self
-            .compose(rules, request.limit as usize, pool)
+            .compose(lambda, rules, request.limit as usize, pool)
             .into_iter()
             .map(Into::into)
             .collect();
@@ -196,6 +200,7 @@ mod tests {
             items: 2_000,
             categories: 5,
             creators: 50,
+            dims: 16,
             ..world::WorldConfig::default()
         };
         RerankStage::new(
@@ -215,15 +220,23 @@ mod tests {
             .collect()
     }
 
+    fn loose() -> PageRules {
+        PageRules {
+            max_per_category: 100,
+            max_per_creator: 100,
+            freshness_boost: 0.0,
+        }
+    }
+
     #[test]
     fn caps_hold_and_page_is_cut() {
         let s = stage();
-        let rules = Rules {
-            lambda: 1.0,
+        let rules = PageRules {
             max_per_category: 2,
             max_per_creator: 1,
+            freshness_boost: 0.0,
         };
-        let page = s.compose(rules, 8, pool(200));
+        let page = s.compose(1.0, &rules, 8, pool(200));
         assert_eq!(page.len(), 8);
         let mut cats = BTreeMap::new();
         for p in &page {
@@ -235,25 +248,60 @@ mod tests {
     }
 
     #[test]
+    fn narrow_pool_still_fills_the_page() {
+        let s = stage();
+        let one_category: Vec<Pick> = s
+            .world
+            .category_items(0)
+            .iter()
+            .take(50)
+            .map(|id| Pick {
+                item: *id,
+                score: 0.5,
+                channel: "t".into(),
+            })
+            .collect();
+        let rules = PageRules {
+            max_per_category: 2,
+            max_per_creator: 1,
+            freshness_boost: 0.0,
+        };
+        assert_eq!(s.compose(0.7, &rules, 10, one_category).len(), 10);
+    }
+
+    #[test]
+    fn pure_relevance_keeps_score_order() {
+        let s = stage();
+        let page = s.compose(1.0, &loose(), 10, pool(200));
+        assert_eq!(
+            page.iter().map(|p| p.item).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn lower_lambda_diversifies() {
         let s = stage();
-        let distinct = |lambda| {
-            let page = s.compose(
-                Rules {
-                    lambda,
-                    max_per_category: 100,
-                    max_per_creator: 100,
-                },
-                10,
-                pool(200),
-            );
-            page.iter()
-                .filter_map(|p| s.world.item(p.item).map(|i| i.category))
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
+        let spread = |lambda| {
+            let page = s.compose(lambda, &loose(), 10, pool(200));
+            let e: Vec<&[f32]> = page
+                .iter()
+                .filter_map(|p| s.world.item_embedding(p.item))
+                .collect();
+            let mut sim = 0.0;
+            for i in 0..e.len() {
+                for j in 0..i {
+                    sim += world::dot(e[i], e[j]);
+                }
+            }
+            sim
         };
-        assert!(distinct(0.2) >= distinct(1.0));
-        assert_eq!(distinct(0.2), 5);
+        assert!(
+            spread(0.3) < spread(1.0),
+            "{} vs {}",
+            spread(0.3),
+            spread(1.0)
+        );
     }
 
     #[test]
@@ -261,6 +309,6 @@ mod tests {
         let s = stage();
         let mut params = BTreeMap::new();
         params.insert("rerank.lambda".to_owned(), "2".to_owned());
-        assert!(s.rules(&params).is_err());
+        assert!(s.lambda(&params).is_err());
     }
 }

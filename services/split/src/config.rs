@@ -8,13 +8,26 @@ use serde::{Deserialize, Serialize};
 /// Buckets per layer.
 pub const BUCKETS: u32 = 1_000;
 
-/// Parameter defaults and experiment layers.
+/// Parameter defaults and experiment layers, inline or from a file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// A TOML file with `defaults` and `[[layers]]` (the shape of this
+    /// section); when set, it replaces the inline values below.
+    pub experiments_file: Option<String>,
     /// Parameters every request gets unless an experiment overrides them.
     pub defaults: BTreeMap<String, String>,
     /// Independent layers; a user is in at most one experiment per layer.
+    pub layers: Vec<Layer>,
+}
+
+/// The content of an experiments file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Experiments {
+    /// Parameters every request gets unless an experiment overrides them.
+    pub defaults: BTreeMap<String, String>,
+    /// Independent layers.
     pub layers: Vec<Layer>,
 }
 
@@ -54,10 +67,11 @@ fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            experiments_file: None,
             defaults: params(&[
-                ("recall.quota.personal", "400"),
+                ("recall.quota.ann", "500"),
                 ("recall.quota.i2i", "300"),
-                ("recall.quota.popular", "300"),
+                ("recall.quota.popular", "200"),
                 ("finerank.model", "v1"),
                 ("finerank.keep", "200"),
                 ("rerank.lambda", "0.7"),
@@ -97,41 +111,66 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks layers and bucket ranges; errors name the key under `split.`.
+    /// The experiments in effect: the file's when `experiments_file` is set
+    /// (read and checked now), else the inline ones.
+    pub fn experiments(&self) -> Result<Experiments, ConfigError> {
+        let Some(path) = &self.experiments_file else {
+            return Ok(Experiments {
+                defaults: self.defaults.clone(),
+                layers: self.layers.clone(),
+            });
+        };
+        let key = "split.experiments_file";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
+        let experiments: Experiments =
+            toml::from_str(&text).map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
+        validate_layers(&experiments.layers, "layers")
+            .map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
+        Ok(experiments)
+    }
+
+    /// Checks layers and bucket ranges (and reads the experiments file, if
+    /// any); errors name the key under `split.`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut names = std::collections::BTreeSet::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let at = format!("split.layers[{i}]");
-            if layer.name.is_empty() || !names.insert(layer.name.as_str()) {
+        validate_layers(&self.layers, "split.layers")?;
+        self.experiments().map(|_| ())
+    }
+}
+
+fn validate_layers(layers: &[Layer], prefix: &str) -> Result<(), ConfigError> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let at = format!("{prefix}[{i}]");
+        if layer.name.is_empty() || !names.insert(layer.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("layer name {:?} is empty or repeated", layer.name),
+            ));
+        }
+        let mut ranges: Vec<(u32, u32, usize)> = Vec::new();
+        for (j, exp) in layer.experiments.iter().enumerate() {
+            let [start, end] = exp.buckets;
+            let key = format!("{at}.experiments[{j}].buckets");
+            if start >= end || end > BUCKETS {
                 return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!("layer name {:?} is empty or repeated", layer.name),
+                    key,
+                    format!("[{start}, {end}) must satisfy start < end <= {BUCKETS}"),
                 ));
             }
-            let mut ranges: Vec<(u32, u32, usize)> = Vec::new();
-            for (j, exp) in layer.experiments.iter().enumerate() {
-                let [start, end] = exp.buckets;
-                let key = format!("{at}.experiments[{j}].buckets");
-                if start >= end || end > BUCKETS {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("[{start}, {end}) must satisfy start < end <= {BUCKETS}"),
-                    ));
-                }
-                if let Some((s, e, k)) = ranges.iter().find(|(s, e, _)| start < *e && *s < end) {
-                    return Err(ConfigError::new(
-                        key,
-                        format!(
-                            "[{start}, {end}) overlaps experiments[{k}] [{s}, {e}) in layer {:?}",
-                            layer.name
-                        ),
-                    ));
-                }
-                ranges.push((start, end, j));
+            if let Some((s, e, k)) = ranges.iter().find(|(s, e, _)| start < *e && *s < end) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "[{start}, {end}) overlaps experiments[{k}] [{s}, {e}) in layer {:?}",
+                        layer.name
+                    ),
+                ));
             }
+            ranges.push((start, end, j));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -150,6 +189,30 @@ mod tests {
         assert_eq!(
             cfg.validate().expect_err("overlap").key,
             "split.layers[1].experiments[1].buckets"
+        );
+    }
+
+    #[test]
+    fn experiments_file_replaces_inline_and_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("exp.toml");
+        std::fs::write(&path, "[defaults]\n\"rerank.lambda\" = \"0.5\"\n[[layers]]\nname = \"l\"\nsalt = \"s\"\n[[layers.experiments]]\nname = \"e\"\nbuckets = [0, 10]\n").expect("write");
+        let cfg = Config {
+            experiments_file: Some(path.display().to_string()),
+            ..Config::default()
+        };
+        let exp = cfg.experiments().expect("valid file");
+        assert_eq!(exp.layers.len(), 1);
+        assert_eq!(
+            exp.defaults.get("rerank.lambda").map(String::as_str),
+            Some("0.5")
+        );
+        std::fs::write(&path, "[[layers]]\nname = \"l\"\nsalt = \"s\"\n[[layers.experiments]]\nname = \"e\"\nbuckets = [10, 5]\n").expect("write");
+        let err = cfg.validate().expect_err("bad buckets");
+        assert_eq!(err.key, "split.experiments_file");
+        assert!(
+            err.message.contains("exp.toml") && err.message.contains("buckets"),
+            "{err}"
         );
     }
 

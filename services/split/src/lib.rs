@@ -8,6 +8,6 @@ mod error;
 mod pb;
 mod stage;
 
-pub use config::{Config, Experiment, Layer};
+pub use config::{Config, Experiment, Experiments, Layer};
 pub use error::Error;
 pub use stage::{Assignment, Hit, SplitStage};

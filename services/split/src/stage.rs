@@ -6,7 +6,7 @@ use std::sync::Arc;
 use proxy_api::{CallContext, SelfTimer, Stage, pb};
 
 use crate::config::BUCKETS;
-use crate::{Config, Error};
+use crate::{Config, Error, Experiments};
 
 /// One experiment the user is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +30,8 @@ pub struct Assignment {
 
 /// The split stage.
 pub struct SplitStage {
-    /// Layers and defaults.
-    config: Config,
+    /// Layers and defaults in effect.
+    experiments: Experiments,
     /// Layer salts, hashed once.
     salts: Vec<u64>,
     /// Where the request goes next, bound local or grpc.
@@ -39,18 +39,23 @@ pub struct SplitStage {
 }
 
 impl SplitStage {
-    /// A split stage in front of `rerank`.
-    pub fn new(config: Config, rerank: Arc<dyn proxy_api::Rerank>) -> Self {
-        let salts = config
+    /// A split stage in front of `rerank`; reads `experiments_file` if the
+    /// config names one.
+    pub fn new(
+        config: Config,
+        rerank: Arc<dyn proxy_api::Rerank>,
+    ) -> Result<Self, proxy_api::ConfigError> {
+        let experiments = config.experiments()?;
+        let salts = experiments
             .layers
             .iter()
             .map(|l| world::mix(0, &[world::user_key(&l.salt)]))
             .collect();
-        Self {
-            config,
+        Ok(Self {
+            experiments,
             salts,
             rerank,
-        }
+        })
     }
 
     /// The user's bucket in each layer and the resulting parameters. `layers`
@@ -59,9 +64,9 @@ impl SplitStage {
         let user = world::user_key(user_id);
         let mut assignment = Assignment {
             hits: Vec::new(),
-            params: self.config.defaults.clone(),
+            params: self.experiments.defaults.clone(),
         };
-        for (layer, salt) in self.config.layers.iter().zip(&self.salts) {
+        for (layer, salt) in self.experiments.layers.iter().zip(&self.salts) {
             if !layers.is_empty() && !layers.contains(&layer.name) {
                 continue;
             }
@@ -134,7 +139,7 @@ mod tests {
 
     #[test]
     fn buckets_are_stable_and_spread() {
-        let s = SplitStage::new(Config::default(), Arc::new(NoRerank));
+        let s = SplitStage::new(Config::default(), Arc::new(NoRerank)).expect("default config");
         assert_eq!(s.assign("42", &[]), s.assign("42", &[]));
         let in_v2 = (0..2_000)
             .filter(|u| {
@@ -151,7 +156,7 @@ mod tests {
 
     #[test]
     fn layers_filter_and_override() {
-        let s = SplitStage::new(Config::default(), Arc::new(NoRerank));
+        let s = SplitStage::new(Config::default(), Arc::new(NoRerank)).expect("default config");
         let user = (0..1_000)
             .map(|u| u.to_string())
             .find(|u| s.assign(u, &[]).hits.len() == 2)

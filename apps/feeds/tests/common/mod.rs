@@ -41,7 +41,7 @@ pub fn cases(n: usize) -> Vec<Case> {
             let user_id = match i % 10 {
                 0 => format!("guest-{i}"),
                 1 => (20_000 + i).to_string(),
-                _ => ((i * 37) % 10_000).to_string(),
+                _ => ((i * 37) % TEST_USERS as usize).to_string(),
             };
             let max = if tenant == Some("lite") { 20 } else { 50 };
             let page_size = match i {
@@ -57,7 +57,7 @@ pub fn cases(n: usize) -> Vec<Case> {
                 _ => String::new(),
             };
             let recent: Vec<u64> = (0..(i % 25) as u64)
-                .map(|k| (i as u64 * 131 + k * 977) % 50_000)
+                .map(|k| (i as u64 * 131 + k * 977) % u64::from(TEST_ITEMS))
                 .chain((i % 7 == 0).then_some(9_999_999))
                 .collect();
             let events = recent
@@ -137,6 +137,20 @@ pub async fn run_grpc(addr: SocketAddr, cases: &[Case]) -> Vec<Outcome> {
     out
 }
 
+/// World size for tests: big enough for every channel and cap to matter,
+/// small enough that each process builds its index in well under a second.
+pub const TEST_ITEMS: u32 = 5_000;
+pub const TEST_USERS: u32 = 1_000;
+
+/// Environment that gives OS-process topologies the test world.
+pub fn test_env() -> Vec<(String, String)> {
+    vec![
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ("FEEDS__WORLD__ITEMS".to_owned(), TEST_ITEMS.to_string()),
+        ("FEEDS__WORLD__USERS".to_owned(), TEST_USERS.to_string()),
+    ]
+}
+
 /// The default config hosting `stages`, with remotes for the others at `remotes`.
 pub fn config_for(
     stages: &[Stage],
@@ -144,6 +158,8 @@ pub fn config_for(
     remotes: &[(Stage, SocketAddr)],
 ) -> (Config, Plan) {
     let mut config = Config::default();
+    config.world.items = TEST_ITEMS;
+    config.world.users = TEST_USERS;
     config.process.listen = listen.to_string();
     config.process.host = stages.iter().map(|s| s.name().to_owned()).collect();
     for (stage, addr) in remotes {
