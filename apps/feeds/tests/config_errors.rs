@@ -145,3 +145,21 @@ fn missing_config_file() {
     assert!(!out.status.success());
     assert!(stderr.contains("/nonexistent/feeds.toml"), "{stderr}");
 }
+
+#[test]
+fn shipped_files_are_valid() {
+    let dir = common::deploy_dir();
+    for name in ["monolith", "five-pod", "mixed"] {
+        for file in feeds::resolve(name, &dir).expect("topology") {
+            feeds::load(Some(&file)).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+    // The experiments file equals the built-in experiments.
+    let split = split::Config {
+        experiments_file: Some(dir.join("experiments.toml").display().to_string()),
+        ..split::Config::default()
+    };
+    let from_file = split.experiments().expect("experiments.toml is valid");
+    let builtin = split::Config::default().experiments().expect("built-in");
+    assert_eq!(from_file, builtin);
+}

@@ -86,6 +86,43 @@ impl BusinessStage {
 }
 
 impl BusinessStage {
+    /// The page out of the ranked list: the tenant's category filter, the
+    /// slice at the cursor, item metadata, and the next cursor.
+    pub fn page(
+        &self,
+        tenant: &str,
+        page: Page,
+        ranked: Vec<pb::ScoredItem>,
+    ) -> (Vec<pb::FeedItem>, String) {
+        let allowed = self
+            .config
+            .tenants
+            .get(tenant)
+            .map(|t| t.allowed_categories.as_slice())
+            .unwrap_or_default();
+        let shown = |s: &pb::ScoredItem| match self.world.item(s.item_id) {
+            Some(item) => {
+                allowed.is_empty() || allowed.contains(&self.world.category_name(item.category))
+            }
+            None => false,
+        };
+        let mut visible: Vec<pb::ScoredItem> = ranked.into_iter().filter(shown).collect();
+        let end = (page.offset + page.size) as usize;
+        let next_cursor = if visible.len() > end {
+            cursor(end as u32)
+        } else {
+            String::new()
+        };
+        // Metadata only for the items on the page.
+        visible.truncate(end);
+        let items = visible
+            .into_iter()
+            .skip(page.offset as usize)
+            .filter_map(|s| feed_item(&self.world, s))
+            .collect();
+        (items, next_cursor)
+    }
+
     /// The request's context, with the user's recent history from the
     /// interaction log when the product sent none (a known user).
     fn with_history(&self, user_id: &str, context: Option<pb::UserContext>) -> pb::UserContext {
@@ -126,27 +163,7 @@ impl proxy_api::Business for BusinessStage {
             .await
             .map_err(Error::from)?
             .into_inner();
-        let ranked: Vec<pb::FeedItem> = split
-            .items
-            .into_iter()
-            .filter_map(|s| feed_item(&self.world, s))
-            .filter(|f| {
-                limits.allowed_categories.is_empty()
-                    || limits.allowed_categories.contains(&f.category)
-            })
-            .collect();
-        let end = (page.offset + page.size) as usize;
-        let items: Vec<pb::FeedItem> = ranked
-            .iter()
-            .skip(page.offset as usize)
-            .take(page.size as usize)
-            .cloned()
-            .collect();
-        let next_cursor = if ranked.len() > end {
-            cursor(end as u32)
-        } else {
-            String::new()
-        };
+        let (items, next_cursor) = self.page(&tenant, page, split.items);
         let mut timings = split.timings;
         timer.record(Stage::Business, request.explain, &mut timings);
         Ok(tonic::Response::new(pb::GetFeedResponse {

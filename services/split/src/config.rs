@@ -83,10 +83,7 @@ impl Default for Config {
                     experiments: vec![Experiment {
                         name: "i2i-heavy".into(),
                         buckets: [0, 200],
-                        params: params(&[
-                            ("recall.quota.i2i", "500"),
-                            ("recall.quota.personal", "300"),
-                        ]),
+                        params: params(&[("recall.quota.i2i", "500"), ("recall.quota.ann", "300")]),
                     }],
                 },
                 Layer {
