@@ -71,6 +71,35 @@ enum Command {
         #[command(flatten)]
         world: WorldArgs,
     },
+    /// Benchmark the monolith, five-pod and mixed topologies and a bare tonic
+    /// echo chain as OS processes, side by side; writes JSON, Markdown and SVG.
+    Bench {
+        /// About a minute: one payload (16 KB), a 5,000-item world.
+        #[arg(long, conflicts_with = "smoke")]
+        quick: bool,
+        /// A few seconds on a tiny world: checks the harness, not the speed.
+        #[arg(long)]
+        smoke: bool,
+        /// Results folder (default bench-results/<timestamp>/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Where the named topologies live.
+        #[arg(long, default_value = "deploy/local")]
+        dir: PathBuf,
+    },
+    /// One process of the bare echo chain that `feeds bench` uses as a floor.
+    #[command(hide = true)]
+    Echo {
+        /// The stage whose service this process serves.
+        #[arg(long)]
+        stage: String,
+        /// Listen address.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// URL of the next stage of the chain.
+        #[arg(long)]
+        next: Option<String>,
+    },
     /// Write the world to files (load them back with world.dir).
     World {
         /// TOML config file (its world section says which world).
@@ -146,6 +175,17 @@ fn main() -> ExitCode {
         } => eval(config, world, sample, json),
         Command::Train { config, out, world } => train(config, world, &out),
         Command::World { config, out, world } => write_world(config, world, &out),
+        Command::Bench {
+            quick,
+            smoke,
+            out,
+            dir,
+        } => bench(quick, smoke, out, dir),
+        Command::Echo {
+            stage,
+            listen,
+            next,
+        } => echo(&stage, listen, next),
         Command::Query {
             addr,
             user,
@@ -269,6 +309,63 @@ fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> Exit
         }
         Ok(())
     })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCode {
+    use feeds::bench::{BenchOptions, Mode};
+    let mode = if smoke {
+        Mode::Smoke
+    } else if quick {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let out = out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("bench-results/{secs}"))
+    });
+    let result = (|| -> anyhow::Result<()> {
+        let opts = BenchOptions {
+            mode,
+            out: out.clone(),
+            exe: std::env::current_exe()?,
+            deploy_dir: dir,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        let report = runtime(2)?.block_on(feeds::bench::run(&opts))?;
+        feeds::bench::write_report(&report, &out)?;
+        print!("{}", report.markdown());
+        eprintln!("results in {}", out.display());
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn echo(stage: &str, listen: std::net::SocketAddr, next: Option<String>) -> ExitCode {
+    let Some(stage) = proxy_api::Stage::from_name(stage) else {
+        eprintln!("error: --stage {stage:?}: unknown stage");
+        return ExitCode::from(2);
+    };
+    let workers = std::env::var("FEEDS__PROCESS__WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let result = runtime(workers).and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            feeds::run_echo(stage, listener, next, shutdown_signal()).await?;
+            Ok(())
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),

@@ -25,6 +25,9 @@ pub enum ServeError {
     /// The stages could not be set up.
     #[error(transparent)]
     Wiring(#[from] crate::wiring::WiringError),
+    /// An echo stage was given a bad `--next`.
+    #[error("echo: {0}")]
+    Echo(String),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -141,24 +141,60 @@ pub async fn start(
         }
         planned.push((file.clone(), plan.listen));
     }
+    let launches = planned
+        .into_iter()
+        .map(|(file, listen)| Launch {
+            args: vec![
+                "serve".into(),
+                "--config".into(),
+                file.clone().into_os_string(),
+            ],
+            label: file,
+            listen,
+        })
+        .collect();
+    launch(exe, launches, envs, ready_timeout).await
+}
+
+/// One process to start: `exe args...`, known by `label`, serving on `listen`.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Names the process in messages (its config file, for `serve`).
+    pub label: PathBuf,
+    /// Arguments after the executable.
+    pub args: Vec<std::ffi::OsString>,
+    /// Where it will report SERVING.
+    pub listen: std::net::SocketAddr,
+}
+
+/// Starts every launch with `envs` added and waits until each reports SERVING.
+pub async fn launch(
+    exe: &Path,
+    launches: Vec<Launch>,
+    envs: &[(String, String)],
+    ready_timeout: Duration,
+) -> Result<Running, TopologyError> {
     let mut running = Running {
         members: Vec::new(),
     };
-    for (file, listen) in planned {
+    for Launch {
+        label,
+        args,
+        listen,
+    } in launches
+    {
         let child = Command::new(exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&file)
+            .args(&args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| TopologyError::Spawn {
-                file: file.clone(),
+                file: label.clone(),
                 source,
             })?;
         running.members.push(Member {
-            file,
+            file: label,
             listen,
             child,
         });
@@ -193,6 +229,13 @@ pub async fn is_serving(listen: std::net::SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(1), check).await,
         Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
     )
+}
+
+impl Member {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 impl Running {

@@ -1,0 +1,161 @@
+//! Load generation: a closed loop (N clients back to back, for peak
+//! throughput) and an open loop (a fixed arrival rate, latency measured from
+//! each request's intended send time so a slow server cannot hide its queue:
+//! no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use proxy_api::pb::{self, business_client::BusinessClient};
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+/// What one load phase measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phase {
+    /// Requests that completed (successfully or not).
+    pub requests: u64,
+    /// Failed requests by gRPC status code name.
+    pub errors: BTreeMap<String, u64>,
+    /// Wall time of the phase.
+    pub seconds: f64,
+    /// Latency percentiles in milliseconds: p50, p90, p99, p99.9.
+    pub latency_ms: [f64; 4],
+}
+
+impl Phase {
+    /// Completed requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.seconds.max(1e-9)
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits; values above saturate.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
+
+fn finish(
+    hist: &Histogram<u64>,
+    requests: u64,
+    errors: BTreeMap<String, u64>,
+    seconds: f64,
+) -> Phase {
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    Phase {
+        requests,
+        errors,
+        seconds,
+        latency_ms: [q(0.50), q(0.90), q(0.99), q(0.999)],
+    }
+}
+
+/// One call; the client is cheap to clone (it shares the channel).
+async fn call(
+    client: &mut BusinessClient<Channel>,
+    request: &pb::GetFeedRequest,
+) -> Result<(), tonic::Code> {
+    let mut r = tonic::Request::new(request.clone());
+    r.set_timeout(Duration::from_secs(10));
+    client.get_feed(r).await.map(|_| ()).map_err(|s| s.code())
+}
+
+/// `concurrency` clients each send the next request as soon as the last
+/// returned, for `duration`.
+pub async fn closed_loop(
+    clients: &[BusinessClient<Channel>],
+    requests: Arc<Vec<pb::GetFeedRequest>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Phase {
+    let shared = Arc::new(Mutex::new((
+        histogram(),
+        0u64,
+        BTreeMap::<String, u64>::new(),
+    )));
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency.max(1) {
+        let mut client = clients[worker % clients.len()].clone();
+        let requests = requests.clone();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut errors = BTreeMap::new();
+            let mut done = 0u64;
+            let mut i = worker;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                let result = call(&mut client, &requests[i % requests.len()]).await;
+                hist.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                if let Err(code) = result {
+                    *errors.entry(format!("{code:?}")).or_insert(0) += 1;
+                }
+                done += 1;
+                i += concurrency;
+            }
+            let mut s = shared.lock().await;
+            let _ = s.0.add(&hist);
+            s.1 += done;
+            for (k, v) in errors {
+                *s.2.entry(k).or_insert(0) += v;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let s = shared.lock().await;
+    finish(&s.0, s.1, s.2.clone(), seconds)
+}
+
+/// Sends at `rate` per second for `duration`, each request on its own task
+/// at its intended time; latency counts from that time. Bounded: at most
+/// `rate * duration` requests, each with a 10 s deadline.
+pub async fn open_loop(
+    clients: &[BusinessClient<Channel>],
+    requests: Arc<Vec<pb::GetFeedRequest>>,
+    rate: f64,
+    duration: Duration,
+) -> Phase {
+    let shared = Arc::new(std::sync::Mutex::new((
+        histogram(),
+        0u64,
+        BTreeMap::<String, u64>::new(),
+    )));
+    let total = (rate * duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let intended = start + interval * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let mut client = clients[i as usize % clients.len()].clone();
+        let request = requests[i as usize % requests.len()].clone();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = call(&mut client, &request).await;
+            let latency = intended.elapsed().as_micros().max(1) as u64;
+            if let Ok(mut s) = shared.lock() {
+                s.0.saturating_record(latency);
+                s.1 += 1;
+                if let Err(code) = result {
+                    *s.2.entry(format!("{code:?}")).or_insert(0) += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let Ok(s) = shared.lock() else {
+        return Phase::default();
+    };
+    finish(&s.0, s.1, s.2.clone(), seconds)
+}

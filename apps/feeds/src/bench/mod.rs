@@ -1,0 +1,646 @@
+//! `feeds bench`: the monolith, five-pod and mixed topologies, and a bare
+//! tonic echo chain as the floor, each started as real OS processes and driven
+//! with the same requests; CPU per request, latency, throughput and memory,
+//! side by side, written as JSON, Markdown and SVG.
+//!
+//! # Layout
+//! - `load`: closed-loop and open-loop load generation (HdrHistogram).
+//! - `procstat`: CPU seconds and peak RSS from `/proc`.
+//! - `report`: the results folder: `results.json`, `report.md`, charts.
+
+mod load;
+mod procstat;
+mod report;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use proxy_api::pb::{self, business_client::BusinessClient};
+use proxy_api::{Recall, Registry, Stage};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+pub use load::Phase;
+pub use report::{Report, write_report};
+
+use crate::topology::{self, Launch, Running, TopologyError};
+
+/// How long and how wide a bench run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// A few seconds on a tiny world: proves the harness works (CI).
+    Smoke,
+    /// Under two minutes: one payload, small world.
+    Quick,
+    /// The full sweep: five payloads on the default world plus a corpus axis.
+    Full,
+}
+
+/// What `feeds bench` was asked to do.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Length and breadth.
+    pub mode: Mode,
+    /// Results folder.
+    pub out: PathBuf,
+    /// The `feeds` executable the processes run.
+    pub exe: PathBuf,
+    /// Where `monolith.toml`, `five-pod/` and `mixed/` live.
+    pub deploy_dir: PathBuf,
+    /// The exact command line, for the report.
+    pub command: String,
+}
+
+/// The knobs a mode sets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    /// (catalogue items, payload sizes in KB) pairs to run.
+    pub sweep: Vec<(u32, Vec<usize>)>,
+    /// Users in the world.
+    pub users: u32,
+    /// Measured repetitions of each configuration.
+    pub runs: usize,
+    /// Closed-loop phase length, seconds.
+    pub closed_s: f64,
+    /// Open-loop phase length, seconds.
+    pub open_s: f64,
+    /// Warm-up before measuring, seconds.
+    pub warmup_s: f64,
+    /// Closed-loop clients.
+    pub concurrency: usize,
+    /// Open-loop arrival rate, requests per second.
+    pub rate: f64,
+    /// Total tokio worker threads per topology (a process gets its share, at least one).
+    pub worker_budget: usize,
+    /// Responses compared across topologies for each payload.
+    pub parity_sample: usize,
+}
+
+impl Settings {
+    /// The settings of `mode` on a machine with `cores` cores.
+    pub fn of(mode: Mode, cores: usize) -> Self {
+        let base = Settings {
+            sweep: Vec::new(),
+            users: 10_000,
+            runs: 3,
+            closed_s: 3.0,
+            open_s: 3.0,
+            warmup_s: 1.0,
+            concurrency: 8,
+            rate: 100.0,
+            worker_budget: cores.max(1),
+            parity_sample: 20,
+        };
+        match mode {
+            Mode::Smoke => Settings {
+                sweep: vec![(2_000, vec![4])],
+                users: 500,
+                runs: 1,
+                closed_s: 0.5,
+                open_s: 0.5,
+                warmup_s: 0.2,
+                concurrency: 2,
+                rate: 20.0,
+                parity_sample: 5,
+                ..base
+            },
+            Mode::Quick => Settings {
+                sweep: vec![(5_000, vec![16])],
+                users: 1_000,
+                closed_s: 2.0,
+                open_s: 2.0,
+                warmup_s: 0.5,
+                ..base
+            },
+            Mode::Full => Settings {
+                sweep: vec![(50_000, vec![1, 4, 16, 64, 256]), (10_000, vec![16])],
+                ..base
+            },
+        }
+    }
+}
+
+/// Why a bench run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A topology could not start or stop.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// Connecting the load generator failed.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, String),
+    /// Two topologies answered the same request differently.
+    #[error(
+        "parity: {topology} answered request {index} ({payload_kb} KB) differently from {reference}"
+    )]
+    Mismatch {
+        /// The topology that differed.
+        topology: String,
+        /// The reference topology.
+        reference: String,
+        /// Index in the request set.
+        index: usize,
+        /// Payload size.
+        payload_kb: usize,
+    },
+    /// A parity or explain call failed.
+    #[error("{topology}: {status}")]
+    Call {
+        /// Where.
+        topology: String,
+        /// What came back.
+        status: tonic::Status,
+    },
+    /// Writing the results failed.
+    #[error("writing {0}: {1}")]
+    Write(PathBuf, String),
+}
+
+/// One measured repetition.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Closed-loop phase.
+    pub closed: Phase,
+    /// Open-loop phase.
+    pub open: Phase,
+    /// Server CPU (all processes) per request in the closed-loop phase, ms.
+    pub cpu_ms_per_req: f64,
+    /// Server CPU per request in the open-loop phase, ms.
+    pub open_cpu_ms_per_req: f64,
+    /// The load generator's own CPU per request (closed loop), ms.
+    pub loadgen_cpu_ms_per_req: f64,
+    /// Each process's share of the topology's CPU (closed loop).
+    pub process_share: Vec<(String, f64)>,
+}
+
+/// Median and range over the runs.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(mut values: Vec<f64>) -> Stat {
+        values.sort_by(f64::total_cmp);
+        match values.as_slice() {
+            [] => Stat::default(),
+            v => Stat {
+                median: v[v.len() / 2],
+                min: v[0],
+                max: v[v.len() - 1],
+            },
+        }
+    }
+}
+
+/// One topology at one corpus size and payload.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigResult {
+    /// Topology name.
+    pub topology: String,
+    /// Catalogue items.
+    pub items: u32,
+    /// User-context payload, KB.
+    pub payload_kb: usize,
+    /// The repetitions.
+    pub runs: Vec<RunResult>,
+    /// Closed-loop throughput, requests/s.
+    pub throughput: Stat,
+    /// Server CPU per request (closed loop), ms.
+    pub cpu_ms_per_req: Stat,
+    /// Open-loop latency p50, p90, p99, p99.9 (ms).
+    pub open_latency_ms: [Stat; 4],
+    /// Closed-loop latency p50, p90, p99, p99.9 (ms).
+    pub closed_latency_ms: [Stat; 4],
+    /// Failed requests over all runs, by status.
+    pub errors: BTreeMap<String, u64>,
+    /// Load generator CPU per request, ms (median).
+    pub loadgen_cpu_ms_per_req: f64,
+    /// Each stage's own time per request, µs (mean over an explain sample);
+    /// empty for the echo chain.
+    pub stage_self_us: BTreeMap<String, f64>,
+}
+
+/// Peak memory of one topology at one corpus size.
+#[derive(Clone, Debug, Serialize)]
+pub struct RssResult {
+    /// Topology name.
+    pub topology: String,
+    /// Catalogue items.
+    pub items: u32,
+    /// Sum of the processes' peak RSS, MiB.
+    pub total_mib: f64,
+    /// Each process's peak RSS, MiB.
+    pub per_process_mib: Vec<(String, f64)>,
+}
+
+/// The local binding's cost over a direct call, measured in this process.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LocalHop {
+    /// A direct call to the stage implementation, ns.
+    pub direct_ns: f64,
+    /// The same call through the registry's local binding, ns.
+    pub local_ns: f64,
+}
+
+/// The topologies, with the processes each one starts.
+fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchError> {
+    let mut out = Vec::new();
+    for name in ["monolith", "five-pod", "mixed"] {
+        let files = topology::resolve(name, &opts.deploy_dir)?;
+        let mut launches = Vec::new();
+        for file in files {
+            let (_, plan) = crate::config::load(Some(&file)).map_err(TopologyError::from)?;
+            launches.push(Launch {
+                args: vec![
+                    "serve".into(),
+                    "--config".into(),
+                    file.clone().into_os_string(),
+                ],
+                label: file,
+                listen: plan.listen,
+            });
+        }
+        out.push((name.to_owned(), launches));
+    }
+    // The echo chain on the five-pod ports, business on 50051.
+    let port = |i: usize| 50051 + i as u16;
+    let echo = Stage::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            let listen = SocketAddr::from(([127, 0, 0, 1], port(i)));
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "echo".into(),
+                "--stage".into(),
+                stage.name().into(),
+                "--listen".into(),
+                listen.to_string().into(),
+            ];
+            if i + 1 < Stage::ALL.len() {
+                args.push("--next".into());
+                args.push(format!("http://127.0.0.1:{}", port(i + 1)).into());
+            }
+            Launch {
+                label: PathBuf::from(format!("echo/{}", stage.name())),
+                args,
+                listen,
+            }
+        })
+        .collect();
+    out.push(("echo-chain".to_owned(), echo));
+    Ok(out)
+}
+
+/// The request set: 200 users, a page of 20, `kb` KB of context blob.
+fn requests(kb: usize, users: u32) -> Vec<pb::GetFeedRequest> {
+    (0..200u32)
+        .map(|i| pb::GetFeedRequest {
+            user_id: ((i * 37) % users).to_string(),
+            page_size: 20,
+            cursor: String::new(),
+            context: Some(pb::UserContext {
+                device: Some(pb::Device {
+                    os: "android".into(),
+                    model: "pixel".into(),
+                    locale: "en-GB".into(),
+                    network: "wifi".into(),
+                }),
+                features: [("hour".to_owned(), (i % 24).to_string())]
+                    .into_iter()
+                    .collect(),
+                blob: vec![(i % 251) as u8; kb * 1024],
+                ..Default::default()
+            }),
+            explain: false,
+        })
+        .collect()
+}
+
+async fn clients(addr: SocketAddr, n: usize) -> Result<Vec<BusinessClient<Channel>>, BenchError> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| BenchError::Connect(addr, e.to_string()))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| BenchError::Connect(addr, e.to_string()))?;
+        out.push(
+            BusinessClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        );
+    }
+    Ok(out)
+}
+
+fn cpu_of(running: &Running) -> Vec<Duration> {
+    running
+        .members
+        .iter()
+        .map(|m| {
+            m.pid()
+                .and_then(|p| procstat::cpu(Some(p)))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn delta(after: &[Duration], before: &[Duration]) -> Vec<f64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b).as_secs_f64())
+        .collect()
+}
+
+/// Runs the whole bench and returns the report (not yet written).
+pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = Settings::of(opts.mode, cores);
+    let topologies = topologies(opts)?;
+    let phases: u64 = settings
+        .sweep
+        .iter()
+        .map(|(_, p)| p.len() as u64)
+        .sum::<u64>()
+        * topologies.len() as u64;
+    let bar = ProgressBar::new(phases * settings.runs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let local_hop = local_hop().await;
+    let mut configs = Vec::new();
+    let mut rss = Vec::new();
+    for (items, payloads) in &settings.sweep {
+        // Parity: every topology's sample, per payload, against the first one's.
+        let mut reference: BTreeMap<usize, (String, Vec<pb::GetFeedResponse>)> = BTreeMap::new();
+        for (name, launches) in &topologies {
+            bar.set_message(format!("{name}, {items} items: starting"));
+            let processes = launches.len();
+            let workers = (settings.worker_budget / processes).max(1);
+            let envs = vec![
+                ("RUST_LOG".to_owned(), "warn".to_owned()),
+                ("FEEDS__WORLD__ITEMS".to_owned(), items.to_string()),
+                ("FEEDS__WORLD__USERS".to_owned(), settings.users.to_string()),
+                (
+                    "FEEDS__PROCESS__WORKER_THREADS".to_owned(),
+                    workers.to_string(),
+                ),
+            ];
+            let running =
+                topology::launch(&opts.exe, launches.clone(), &envs, Duration::from_secs(600))
+                    .await?;
+            let entry = running
+                .members
+                .iter()
+                .map(|m| m.listen)
+                .find(|a| a.port() == 50051)
+                .unwrap_or(running.members[0].listen);
+            let clients = clients(entry, 4).await?;
+            for kb in payloads {
+                bar.set_message(format!("{name}, {items} items, {kb} KB"));
+                let requests = Arc::new(requests(*kb, settings.users));
+                load::closed_loop(
+                    &clients,
+                    requests.clone(),
+                    settings.concurrency,
+                    Duration::from_secs_f64(settings.warmup_s),
+                )
+                .await;
+                let echo = name == "echo-chain";
+                if !echo {
+                    check_parity(
+                        name,
+                        &clients[0],
+                        &requests[..settings.parity_sample],
+                        *kb,
+                        &mut reference,
+                    )
+                    .await?;
+                }
+                let mut runs = Vec::new();
+                for _ in 0..settings.runs {
+                    let (b, own) = (cpu_of(&running), procstat::cpu(None).unwrap_or_default());
+                    let closed = load::closed_loop(
+                        &clients,
+                        requests.clone(),
+                        settings.concurrency,
+                        Duration::from_secs_f64(settings.closed_s),
+                    )
+                    .await;
+                    let (a, own_after) =
+                        (cpu_of(&running), procstat::cpu(None).unwrap_or_default());
+                    let used = delta(&a, &b);
+                    let total: f64 = used.iter().sum();
+                    let open = load::open_loop(
+                        &clients,
+                        requests.clone(),
+                        settings.rate,
+                        Duration::from_secs_f64(settings.open_s),
+                    )
+                    .await;
+                    let open_total: f64 = delta(&cpu_of(&running), &a).iter().sum();
+                    let per = |cpu: f64, n: u64| 1000.0 * cpu / n.max(1) as f64;
+                    runs.push(RunResult {
+                        cpu_ms_per_req: per(total, closed.requests),
+                        open_cpu_ms_per_req: per(open_total, open.requests),
+                        loadgen_cpu_ms_per_req: per(
+                            own_after.saturating_sub(own).as_secs_f64(),
+                            closed.requests,
+                        ),
+                        process_share: running
+                            .members
+                            .iter()
+                            .zip(&used)
+                            .map(|(m, u)| (m.file.display().to_string(), u / total.max(1e-9)))
+                            .collect(),
+                        closed,
+                        open,
+                    });
+                    bar.inc(1);
+                }
+                let stage_self_us = if echo {
+                    BTreeMap::new()
+                } else {
+                    stage_times(name, &clients[0], &requests[..50.min(requests.len())]).await?
+                };
+                configs.push(summarise(name, *items, *kb, runs, stage_self_us));
+            }
+            let per_process: Vec<(String, f64)> = running
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.file.display().to_string(),
+                        m.pid().and_then(procstat::peak_rss).unwrap_or(0) as f64 / (1 << 20) as f64,
+                    )
+                })
+                .collect();
+            rss.push(RssResult {
+                topology: name.clone(),
+                items: *items,
+                total_mib: per_process.iter().map(|(_, v)| v).sum(),
+                per_process_mib: per_process,
+            });
+            running.stop(Duration::from_secs(15)).await?;
+        }
+    }
+    bar.finish_with_message("done");
+    Ok(Report::new(opts, settings, configs, rss, local_hop))
+}
+
+async fn check_parity(
+    name: &str,
+    client: &BusinessClient<Channel>,
+    sample: &[pb::GetFeedRequest],
+    kb: usize,
+    reference: &mut BTreeMap<usize, (String, Vec<pb::GetFeedResponse>)>,
+) -> Result<(), BenchError> {
+    let mut got = Vec::new();
+    for r in sample {
+        let response =
+            client
+                .clone()
+                .get_feed(r.clone())
+                .await
+                .map_err(|status| BenchError::Call {
+                    topology: name.to_owned(),
+                    status,
+                })?;
+        got.push(response.into_inner());
+    }
+    match reference.get(&kb) {
+        None => {
+            reference.insert(kb, (name.to_owned(), got));
+        }
+        Some((first, want)) => {
+            if let Some(index) = want.iter().zip(&got).position(|(a, b)| a != b) {
+                return Err(BenchError::Mismatch {
+                    topology: name.to_owned(),
+                    reference: first.clone(),
+                    index,
+                    payload_kb: kb,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mean own time per stage over an explain sample.
+async fn stage_times(
+    name: &str,
+    client: &BusinessClient<Channel>,
+    sample: &[pb::GetFeedRequest],
+) -> Result<BTreeMap<String, f64>, BenchError> {
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for r in sample {
+        let mut r = r.clone();
+        r.explain = true;
+        let response = client
+            .clone()
+            .get_feed(r)
+            .await
+            .map_err(|status| BenchError::Call {
+                topology: name.to_owned(),
+                status,
+            })?;
+        for t in response.into_inner().timings {
+            *sums.entry(t.stage).or_insert(0.0) += t.self_us as f64;
+        }
+    }
+    sums.values_mut()
+        .for_each(|v| *v /= sample.len().max(1) as f64);
+    Ok(sums)
+}
+
+fn summarise(
+    name: &str,
+    items: u32,
+    kb: usize,
+    runs: Vec<RunResult>,
+    stage_self_us: BTreeMap<String, f64>,
+) -> ConfigResult {
+    let stat = |f: &dyn Fn(&RunResult) -> f64| Stat::of(runs.iter().map(f).collect());
+    let mut errors = BTreeMap::new();
+    for r in &runs {
+        for (k, v) in r.closed.errors.iter().chain(&r.open.errors) {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    ConfigResult {
+        topology: name.to_owned(),
+        items,
+        payload_kb: kb,
+        throughput: stat(&|r| r.closed.throughput()),
+        cpu_ms_per_req: stat(&|r| r.cpu_ms_per_req),
+        open_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.open.latency_ms[i])),
+        closed_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.closed.latency_ms[i])),
+        errors,
+        loadgen_cpu_ms_per_req: stat(&|r| r.loadgen_cpu_ms_per_req).median,
+        stage_self_us,
+        runs,
+    }
+}
+
+/// A stage with no logic, for the local-hop measurement.
+struct Nop;
+
+#[proxy_api::async_trait]
+impl Recall for Nop {
+    async fn recall(
+        &self,
+        _: tonic::Request<pb::RecallRequest>,
+    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::RecallResponse::default()))
+    }
+}
+
+/// Direct call vs local binding, the same loop, the same process.
+async fn local_hop() -> LocalHop {
+    const N: u32 = 200_000;
+    let mut registry = Registry::empty();
+    if registry.provide_recall(Arc::new(Nop)).is_err() {
+        return LocalHop::default();
+    }
+    let Ok(stub) = registry.recall() else {
+        return LocalHop::default();
+    };
+    let time = |local: bool| {
+        let stub = stub.clone();
+        async move {
+            let start = Instant::now();
+            for _ in 0..N {
+                let r = tonic::Request::new(pb::RecallRequest::default());
+                let _ = std::hint::black_box(if local {
+                    stub.recall(r).await
+                } else {
+                    Nop.recall(r).await
+                });
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(N)
+        }
+    };
+    // Interleave to spread any machine noise over both.
+    let (mut direct, mut local) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        direct.push(time(false).await);
+        local.push(time(true).await);
+    }
+    LocalHop {
+        direct_ns: Stat::of(direct).median,
+        local_ns: Stat::of(local).median,
+    }
+}

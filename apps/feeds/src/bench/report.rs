@@ -1,0 +1,454 @@
+//! The results folder: `results.json` (everything), `report.md` (tables and
+//! targets), `cpu_per_request.svg` and `latency.svg`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::{BenchError, BenchOptions, ConfigResult, LocalHop, Mode, RssResult, Settings};
+
+/// The machine the bench ran on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// Logical cores.
+    pub cores: usize,
+    /// CPU model name.
+    pub cpu: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// `rustc --version`, if a compiler is on the PATH.
+    pub rustc: String,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+}
+
+impl Machine {
+    fn probe() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned());
+        let memory_mib = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024);
+        let rustc = std::process::Command::new("rustc")
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            rustc,
+            memory_mib,
+        }
+    }
+}
+
+/// One target of the issue, with the measured ratio.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The bound.
+    pub bound: String,
+    /// The measured value.
+    pub measured: String,
+    /// Whether the bound holds; `None` when it could not be measured.
+    pub met: Option<bool>,
+}
+
+/// Everything one bench run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// The command that produced it.
+    pub command: String,
+    /// Smoke, quick or full.
+    pub mode: Mode,
+    /// The settings of that mode.
+    pub settings: Settings,
+    /// Every configuration.
+    pub configs: Vec<ConfigResult>,
+    /// Peak memory per topology and corpus size.
+    pub rss: Vec<RssResult>,
+    /// Direct call vs local binding, in-process.
+    pub local_hop: LocalHop,
+    /// The targets and how they fared.
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    pub(super) fn new(
+        opts: &BenchOptions,
+        settings: Settings,
+        configs: Vec<ConfigResult>,
+        rss: Vec<RssResult>,
+        local_hop: LocalHop,
+    ) -> Self {
+        let mut report = Report {
+            machine: Machine::probe(),
+            command: opts.command.clone(),
+            mode: opts.mode,
+            settings,
+            configs,
+            rss,
+            local_hop,
+            targets: Vec::new(),
+        };
+        report.targets = report.targets();
+        report
+    }
+
+    /// The configuration of `topology` at the largest corpus and the payload
+    /// closest to 16 KB.
+    fn reference(&self, topology: &str) -> Option<&ConfigResult> {
+        let items = self.configs.iter().map(|c| c.items).max()?;
+        self.configs
+            .iter()
+            .filter(|c| c.topology == topology && c.items == items)
+            .min_by_key(|c| c.payload_kb.abs_diff(16))
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let added = self.local_hop.local_ns - self.local_hop.direct_ns;
+        out.push(Target {
+            name: "local binding over a direct call".into(),
+            bound: "<= 50 ns (allocations: see `cargo bench -p proxy-api`)".into(),
+            measured: format!(
+                "{added:.1} ns ({:.1} vs {:.1} ns)",
+                self.local_hop.local_ns, self.local_hop.direct_ns
+            ),
+            met: Some(added <= 50.0),
+        });
+        let (Some(mono), Some(five), echo) = (
+            self.reference("monolith"),
+            self.reference("five-pod"),
+            self.reference("echo-chain"),
+        ) else {
+            return out;
+        };
+        let ratio = mono.cpu_ms_per_req.median / five.cpu_ms_per_req.median.max(1e-9);
+        out.push(Target {
+            name: format!(
+                "monolith / five-pod CPU per request ({} KB)",
+                mono.payload_kb
+            ),
+            bound: "<= 0.39".into(),
+            measured: format!(
+                "{ratio:.3} ({:.3} / {:.3} ms)",
+                mono.cpu_ms_per_req.median, five.cpu_ms_per_req.median
+            ),
+            met: Some(ratio <= 0.39),
+        });
+        let stages_ms: f64 = mono.stage_self_us.values().sum::<f64>() / 1000.0;
+        let tax = mono.cpu_ms_per_req.median / stages_ms.max(1e-9);
+        out.push(Target {
+            name: "monolith CPU per request / sum of stages' own time".into(),
+            bound: "<= 1.03".into(),
+            measured: format!(
+                "{tax:.3} ({:.3} / {stages_ms:.3} ms)",
+                mono.cpu_ms_per_req.median
+            ),
+            met: Some(tax <= 1.03),
+        });
+        if let Some(echo) = echo {
+            let floor =
+                echo.cpu_ms_per_req.median + five.stage_self_us.values().sum::<f64>() / 1000.0;
+            let r = five.cpu_ms_per_req.median / floor.max(1e-9);
+            out.push(Target {
+                name: "five-pod CPU per request / (echo chain + stages' own time)".into(),
+                bound: "<= 1.10".into(),
+                measured: format!(
+                    "{r:.3} ({:.3} / ({:.3} + {:.3}) ms)",
+                    five.cpu_ms_per_req.median,
+                    echo.cpu_ms_per_req.median,
+                    floor - echo.cpu_ms_per_req.median
+                ),
+                met: Some(r <= 1.10),
+            });
+        }
+        let items = mono.items;
+        let rss = |t: &str| {
+            self.rss
+                .iter()
+                .find(|r| r.topology == t && r.items == items)
+                .map(|r| r.total_mib)
+        };
+        if let (Some(m), Some(f)) = (rss("monolith"), rss("five-pod")) {
+            let r = m / f.max(1e-9);
+            out.push(Target {
+                name: "monolith / five-pod peak RSS".into(),
+                bound: "<= 0.5".into(),
+                measured: format!("{r:.3} ({m:.0} / {f:.0} MiB)"),
+                met: Some(r <= 0.5),
+            });
+        }
+        out
+    }
+
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut s = String::new();
+        let _ = writeln!(s, "# Tandem bench ({:?})\n", self.mode);
+        let _ = writeln!(s, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            s,
+            "Machine: {} cores, {}, {} MiB, Linux {}, {}\n",
+            m.cores, m.cpu, m.memory_mib, m.kernel, m.rustc
+        );
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "Each configuration: {} runs of a {} s closed loop ({} clients) and a {} s open loop ({} req/s); median [min..max]. Tokio worker budget {} per topology. Users {}.\n",
+            st.runs, st.closed_s, st.concurrency, st.open_s, st.rate, st.worker_budget, st.users
+        );
+        let _ = writeln!(
+            s,
+            "## Targets\n\n| target | bound | measured | met |\n| --- | --- | --- | --- |"
+        );
+        for t in &self.targets {
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "n/a",
+            };
+            let _ = writeln!(s, "| {} | {} | {} | {met} |", t.name, t.bound, t.measured);
+        }
+        let _ = writeln!(
+            s,
+            "\n## Results\n\n| items | payload | topology | CPU ms/req | throughput req/s | open p50 ms | p90 | p99 | p99.9 | errors | loadgen CPU ms/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        let range = |x: &super::Stat| format!("{:.3} [{:.3}..{:.3}]", x.median, x.min, x.max);
+        for c in &self.configs {
+            let errors: u64 = c.errors.values().sum();
+            let _ = writeln!(
+                s,
+                "| {} | {} KB | {} | {} | {:.0} [{:.0}..{:.0}] | {:.2} | {:.2} | {:.2} | {:.2} | {errors} | {:.3} |",
+                c.items,
+                c.payload_kb,
+                c.topology,
+                range(&c.cpu_ms_per_req),
+                c.throughput.median,
+                c.throughput.min,
+                c.throughput.max,
+                c.open_latency_ms[0].median,
+                c.open_latency_ms[1].median,
+                c.open_latency_ms[2].median,
+                c.open_latency_ms[3].median,
+                c.loadgen_cpu_ms_per_req
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n## Peak memory\n\n| items | topology | total MiB | per process |\n| --- | --- | --- | --- |"
+        );
+        for r in &self.rss {
+            let per: Vec<String> = r
+                .per_process_mib
+                .iter()
+                .map(|(p, v)| format!("{p}: {v:.0}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} |",
+                r.items,
+                r.topology,
+                r.total_mib,
+                per.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n## Where the CPU goes\n\nShare of each process in its topology's CPU (closed loop, first run), and each stage's own time per request (explain sample):\n"
+        );
+        for c in &self.configs {
+            let share: Vec<String> = c
+                .runs
+                .first()
+                .map(|r| {
+                    r.process_share
+                        .iter()
+                        .map(|(p, v)| format!("{p} {:.0}%", v * 100.0))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let own: Vec<String> = c
+                .stage_self_us
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0} µs"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "- {} items, {} KB, {}: {}; own: {}",
+                c.items,
+                c.payload_kb,
+                c.topology,
+                share.join(", "),
+                if own.is_empty() {
+                    "n/a".into()
+                } else {
+                    own.join(", ")
+                }
+            );
+        }
+        s
+    }
+}
+
+fn topology_colour(name: &str) -> RGBColor {
+    match name {
+        "monolith" => RGBColor(31, 119, 180),
+        "five-pod" => RGBColor(214, 39, 40),
+        "mixed" => RGBColor(44, 160, 44),
+        _ => RGBColor(127, 127, 127),
+    }
+}
+
+fn chart_cpu(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let items = report.configs.iter().map(|c| c.items).max().unwrap_or(0);
+    let rows: Vec<&ConfigResult> = report.configs.iter().filter(|c| c.items == items).collect();
+    let max_kb = rows.iter().map(|c| c.payload_kb).max().unwrap_or(1) as f64;
+    let max_cpu = rows
+        .iter()
+        .map(|c| c.cpu_ms_per_req.max)
+        .fold(0.0, f64::max)
+        .max(0.001)
+        * 1.1;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Server CPU per request vs user-context payload ({items} items)"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.5f64..max_kb * 1.5).log_scale(), 0.0..max_cpu)?;
+    chart
+        .configure_mesh()
+        .x_desc("payload (KB)")
+        .y_desc("CPU ms / request")
+        .draw()?;
+    for topology in ["monolith", "five-pod", "mixed", "echo-chain"] {
+        let mut points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|c| c.topology == topology)
+            .map(|c| (c.payload_kb as f64, c.cpu_ms_per_req.median))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if points.is_empty() {
+            continue;
+        }
+        let colour = topology_colour(topology);
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+            .label(topology)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+        chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn chart_latency(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let items = report.configs.iter().map(|c| c.items).max().unwrap_or(0);
+    let rows: Vec<&ConfigResult> = ["monolith", "five-pod", "mixed", "echo-chain"]
+        .iter()
+        .filter_map(|t| report.reference(t))
+        .collect();
+    let kb = rows.first().map_or(0, |c| c.payload_kb);
+    let max = rows
+        .iter()
+        .map(|c| c.open_latency_ms[3].median)
+        .fold(0.0, f64::max)
+        .max(0.1)
+        * 1.15;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let labels = ["p50", "p90", "p99", "p99.9"];
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Open-loop latency percentiles ({kb} KB, {items} items, {} req/s)",
+                report.settings.rate
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..4.0, 0f64..max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(4)
+        .x_label_formatter(&|x| {
+            labels
+                .get(x.floor() as usize)
+                .map_or(String::new(), |l| (*l).to_owned())
+        })
+        .y_desc("ms")
+        .draw()?;
+    let width = 0.8 / rows.len().max(1) as f64;
+    for (k, c) in rows.iter().enumerate() {
+        let colour = topology_colour(&c.topology);
+        chart
+            .draw_series((0..4).map(|p| {
+                let x0 = p as f64 + 0.1 + k as f64 * width;
+                Rectangle::new(
+                    [(x0, 0.0), (x0 + width * 0.9, c.open_latency_ms[p].median)],
+                    colour.filled(),
+                )
+            }))?
+            .label(c.topology.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Writes `results.json`, `report.md` and the two charts into `dir`.
+pub fn write_report(report: &Report, dir: &Path) -> Result<(), BenchError> {
+    let fail = |p: &Path, e: &dyn std::fmt::Display| BenchError::Write(p.to_owned(), e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, &e))?;
+    let json = dir.join("results.json");
+    let text = serde_json::to_string_pretty(report).map_err(|e| fail(&json, &e))?;
+    std::fs::write(&json, text).map_err(|e| fail(&json, &e))?;
+    let md = dir.join("report.md");
+    let mut text = report.markdown();
+    text.push_str("\n![CPU per request](cpu_per_request.svg)\n\n![Latency](latency.svg)\n");
+    std::fs::write(&md, text).map_err(|e| fail(&md, &e))?;
+    let cpu = dir.join("cpu_per_request.svg");
+    chart_cpu(report, &cpu).map_err(|e| fail(&cpu, &e))?;
+    let lat = dir.join("latency.svg");
+    chart_latency(report, &lat).map_err(|e| fail(&lat, &e))?;
+    Ok(())
+}

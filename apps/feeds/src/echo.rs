@@ -1,0 +1,252 @@
+//! `feeds echo`: the baseline chain for `feeds bench`. Five processes, one
+//! per stage, written against tonic's generated code alone (no registry, no
+//! stage logic) that pass the same messages as the real chain: the context
+//! moves down every hop, recall answers 1,000 candidates, fine-rank passes
+//! 200 up, rerank the page, business fills placeholder metadata. Five-pod's
+//! cost above this chain is the framework's own gRPC overhead.
+
+use std::future::Future;
+
+use proxy_api::pb::{
+    self, business_server, fine_rank_server, recall_server, rerank_server, split_server,
+};
+use proxy_api::{Limits, Stage};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::serve::ServeError;
+
+/// Candidates the echo recall returns, as the real one does.
+const CANDIDATES: u64 = 1_000;
+/// Items the echo fine-rank keeps, as the real one does.
+const KEEP: usize = 200;
+
+/// One echo stage: the tonic client of the next stage, if any.
+#[derive(Clone)]
+struct Echo {
+    /// Channel to the next stage of the chain.
+    next: Option<Channel>,
+    /// Message size limits of the clients.
+    limits: Limits,
+}
+
+impl Echo {
+    fn next(&self) -> Result<Channel, Status> {
+        self.next
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("echo stage has no --next"))
+    }
+}
+
+#[tonic::async_trait]
+impl business_server::Business for Echo {
+    async fn get_feed(
+        &self,
+        request: Request<pb::GetFeedRequest>,
+    ) -> Result<Response<pb::GetFeedResponse>, Status> {
+        let r = request.into_inner();
+        let mut client = pb::split_client::SplitClient::new(self.next()?)
+            .max_decoding_message_size(self.limits.max_recv_bytes);
+        let page = r.page_size as usize;
+        let down = client
+            .split(pb::SplitRequest {
+                user_id: r.user_id,
+                limit: r.page_size,
+                context: r.context,
+                layers: Vec::new(),
+                explain: false,
+            })
+            .await?
+            .into_inner();
+        let items = down
+            .items
+            .into_iter()
+            .take(page)
+            .map(|s| pb::FeedItem {
+                item_id: s.item_id,
+                score: s.score,
+                title: format!("gaming-1 #{}", s.item_id),
+                category: "gaming-1".into(),
+                creator: format!("creator-{:05}", s.item_id % 2_000),
+                channel: s.channel,
+            })
+            .collect();
+        Ok(Response::new(pb::GetFeedResponse {
+            items,
+            next_cursor: String::new(),
+            assignment: down.assignment,
+            timings: Vec::new(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl split_server::Split for Echo {
+    async fn split(
+        &self,
+        request: Request<pb::SplitRequest>,
+    ) -> Result<Response<pb::SplitResponse>, Status> {
+        let r = request.into_inner();
+        let mut client = pb::rerank_client::RerankClient::new(self.next()?)
+            .max_decoding_message_size(self.limits.max_recv_bytes);
+        let assignment = pb::Assignment {
+            experiments: vec![pb::ExperimentHit {
+                layer: "ranking".into(),
+                experiment: "model-v2".into(),
+                bucket: 183,
+            }],
+            params: split::Config::default().defaults,
+        };
+        let down = client
+            .rerank(pb::RerankRequest {
+                user_id: r.user_id,
+                limit: r.limit,
+                context: r.context,
+                assignment: Some(assignment.clone()),
+                explain: false,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::SplitResponse {
+            items: down.items,
+            assignment: Some(assignment),
+            timings: Vec::new(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl rerank_server::Rerank for Echo {
+    async fn rerank(
+        &self,
+        request: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResponse>, Status> {
+        let r = request.into_inner();
+        let mut client = pb::fine_rank_client::FineRankClient::new(self.next()?)
+            .max_decoding_message_size(self.limits.max_recv_bytes);
+        let down = client
+            .rank(pb::RankRequest {
+                user_id: r.user_id,
+                context: r.context,
+                assignment: r.assignment,
+                explain: false,
+            })
+            .await?
+            .into_inner();
+        let items = down.items.into_iter().take(r.limit as usize).collect();
+        Ok(Response::new(pb::RerankResponse {
+            items,
+            timings: Vec::new(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl fine_rank_server::FineRank for Echo {
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
+        let r = request.into_inner();
+        let mut client = pb::recall_client::RecallClient::new(self.next()?)
+            .max_decoding_message_size(self.limits.max_recv_bytes);
+        let down = client
+            .recall(pb::RecallRequest {
+                user_id: r.user_id,
+                context: r.context,
+                assignment: r.assignment,
+                explain: false,
+            })
+            .await?
+            .into_inner();
+        let items = down.items.into_iter().take(KEEP).collect();
+        Ok(Response::new(pb::RankResponse {
+            items,
+            timings: Vec::new(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl recall_server::Recall for Echo {
+    async fn recall(
+        &self,
+        _: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        let items = (0..CANDIDATES)
+            .map(|i| pb::ScoredItem {
+                item_id: i * 37,
+                score: 1.0 / (1.0 + i as f32),
+                channel: "ann".into(),
+            })
+            .collect();
+        Ok(Response::new(pb::RecallResponse {
+            items,
+            timings: Vec::new(),
+        }))
+    }
+}
+
+/// Serves the echo `stage` on `listener`, forwarding to `next`, until `shutdown`.
+pub async fn run_echo(
+    stage: Stage,
+    listener: TcpListener,
+    next: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let limits = Limits::default();
+    let next = match next {
+        Some(url) => Some(
+            tonic::transport::Endpoint::from_shared(url)
+                .map_err(|e| ServeError::Echo(e.to_string()))?
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ),
+        None => None,
+    };
+    let echo = Echo { next, limits };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let (r, s) = (limits.max_recv_bytes, limits.max_send_bytes);
+    let builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service);
+    let router = match stage {
+        Stage::Business => builder.add_service(
+            business_server::BusinessServer::new(echo)
+                .max_decoding_message_size(r)
+                .max_encoding_message_size(s),
+        ),
+        Stage::Split => builder.add_service(
+            split_server::SplitServer::new(echo)
+                .max_decoding_message_size(r)
+                .max_encoding_message_size(s),
+        ),
+        Stage::Rerank => builder.add_service(
+            rerank_server::RerankServer::new(echo)
+                .max_decoding_message_size(r)
+                .max_encoding_message_size(s),
+        ),
+        Stage::FineRank => builder.add_service(
+            fine_rank_server::FineRankServer::new(echo)
+                .max_decoding_message_size(r)
+                .max_encoding_message_size(s),
+        ),
+        Stage::Recall => builder.add_service(
+            recall_server::RecallServer::new(echo)
+                .max_decoding_message_size(r)
+                .max_encoding_message_size(s),
+        ),
+    };
+    router
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

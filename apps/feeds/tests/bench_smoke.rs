@@ -1,0 +1,68 @@
+//! `feeds bench --smoke`: the harness starts every topology and the echo
+//! chain, drives them, checks parity, and writes a report that parses. It
+//! checks that the harness works, not how fast anything is.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_smoke_writes_a_complete_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("results");
+    let output = Command::new(common::EXE)
+        .args(["bench", "--smoke", "--out"])
+        .arg(&out)
+        .arg("--dir")
+        .arg(common::deploy_dir())
+        .output()
+        .expect("run feeds bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in [
+        "results.json",
+        "report.md",
+        "cpu_per_request.svg",
+        "latency.svg",
+    ] {
+        let meta = std::fs::metadata(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(meta.len() > 100, "{file} is nearly empty");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("read"))
+            .expect("valid JSON");
+    let configs = json["configs"].as_array().expect("configs");
+    let topologies: Vec<&str> = configs
+        .iter()
+        .filter_map(|c| c["topology"].as_str())
+        .collect();
+    assert_eq!(topologies, ["monolith", "five-pod", "mixed", "echo-chain"]);
+    for c in configs {
+        assert!(
+            c["runs"][0]["closed"]["requests"]
+                .as_u64()
+                .expect("requests")
+                > 0,
+            "{c}"
+        );
+        assert!(
+            c["cpu_ms_per_req"]["median"].as_f64().expect("cpu") > 0.0,
+            "{c}"
+        );
+        assert_eq!(c["errors"].as_object().map(|e| e.len()), Some(0), "{c}");
+    }
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 5, "{targets:?}");
+    assert!(
+        json["rss"]
+            .as_array()
+            .expect("rss")
+            .iter()
+            .all(|r| r["total_mib"].as_f64().unwrap_or(0.0) > 1.0)
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report");
+    assert!(md.contains("## Targets") && md.contains("echo-chain"));
+}
