@@ -47,6 +47,15 @@ pub struct ProcessConfig {
     pub limits: Limits,
     /// Tokio worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// On SIGTERM/SIGINT, report NOT_SERVING for this long before refusing
+    /// new connections, so balancers and probes move traffic away first.
+    pub drain_ms: u64,
+    /// After the drain, how long in-flight requests may take to finish
+    /// before the process exits anyway.
+    pub grace_ms: u64,
+    /// Requests handled at once by this process; past it, new requests get
+    /// RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ProcessConfig {
@@ -56,6 +65,9 @@ impl Default for ProcessConfig {
             host: Stage::ALL.iter().map(|s| s.name().to_owned()).collect(),
             limits: Limits::default(),
             worker_threads: 0,
+            drain_ms: 1_000,
+            grace_ms: 10_000,
+            max_concurrent_requests: 1_024,
         }
     }
 }
@@ -153,6 +165,18 @@ impl Config {
             }
         }
         self.process.limits.validate("process.limits")?;
+        if self.process.drain_ms > 600_000 {
+            return Err(ConfigError::new(
+                "process.drain_ms",
+                format!("{} is above 600000 (10 minutes)", self.process.drain_ms),
+            ));
+        }
+        if !(1..=600_000).contains(&self.process.grace_ms) {
+            return Err(ConfigError::new(
+                "process.grace_ms",
+                format!("{} is out of range 1..=600000", self.process.grace_ms),
+            ));
+        }
         self.world
             .validate()
             .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use proxy_api::{Binding, Stage};
 use tokio::net::TcpListener;
@@ -25,6 +26,9 @@ pub enum ServeError {
     /// The stages could not be set up.
     #[error(transparent)]
     Wiring(#[from] crate::wiring::WiringError),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(String),
     /// An echo stage was given a bad `--next`.
     #[error("echo: {0}")]
     Echo(String),
@@ -71,20 +75,66 @@ pub async fn run(
     }
     let (routes, served) = registry.routes(&config.process.limits);
     let (health, health_service) = tonic_health::server::health_reporter();
-    for stage in &served {
+    let names: Vec<&'static str> = served
+        .iter()
+        .map(|s| s.service_name())
+        .chain([""])
+        .collect();
+    for name in &names {
         health
-            .set_service_status(stage.service_name(), ServingStatus::Serving)
+            .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    health.set_service_status("", ServingStatus::Serving).await;
-    tracing::info!(%listen, services = ?served.iter().map(|s| s.service_name()).collect::<Vec<_>>(), "serving");
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proxy_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    tracing::info!(%listen, services = ?names.iter().filter(|n| !n.is_empty()).collect::<Vec<_>>(), "serving");
+
+    // Shutdown: NOT_SERVING, drain, stop accepting, finish in-flight work
+    // within the grace period, then return regardless.
+    let drain = Duration::from_millis(config.process.drain_ms);
+    let grace = Duration::from_millis(config.process.grace_ms);
+    let (draining_done, grace_started) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "shutdown: NOT_SERVING, draining"
+        );
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        tokio::time::sleep(drain).await;
+        tracing::info!("shutdown: refusing new connections, finishing in-flight requests");
+        let _ = draining_done.send(());
+    };
+    let hard_stop = async move {
+        match grace_started.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let limit = match config.process.max_concurrent_requests {
+        0 => tokio::sync::Semaphore::MAX_PERMITS,
+        n => n,
+    };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .load_shed(true)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
         .add_routes(routes)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::select! {
+        result = server => result?,
+        () = hard_stop => tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: grace period over, closing with requests in flight"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -140,7 +140,7 @@ impl proxy_api::Business for BusinessStage {
         &self,
         request: tonic::Request<pb::GetFeedRequest>,
     ) -> Result<tonic::Response<pb::GetFeedResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start();
+        let mut timer = SelfTimer::start(request.get_ref().explain);
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let (tenant, page) = self.check(ctx.tenant.as_deref(), &request)?;
@@ -165,7 +165,7 @@ impl proxy_api::Business for BusinessStage {
             .into_inner();
         let (items, next_cursor) = self.page(&tenant, page, split.items);
         let mut timings = split.timings;
-        timer.record(Stage::Business, request.explain, &mut timings);
+        timer.record(Stage::Business, &mut timings);
         Ok(tonic::Response::new(pb::GetFeedResponse {
             items,
             next_cursor,

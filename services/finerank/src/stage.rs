@@ -168,7 +168,7 @@ impl proxy_api::FineRank for FineRankStage {
         &self,
         request: tonic::Request<pb::RankRequest>,
     ) -> Result<tonic::Response<pb::RankResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start();
+        let mut timer = SelfTimer::start(request.get_ref().explain);
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let query = Query::from_pb(&request);
@@ -187,7 +187,7 @@ impl proxy_api::FineRank for FineRankStage {
             .map(Into::into)
             .collect();
         let mut timings = recalled.timings;
-        timer.record(Stage::FineRank, request.explain, &mut timings);
+        timer.record(Stage::FineRank, &mut timings);
         Ok(tonic::Response::new(pb::RankResponse { items, timings }))
     }
 }

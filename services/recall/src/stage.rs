@@ -207,12 +207,12 @@ impl proxy_api::Recall for RecallStage {
         &self,
         request: tonic::Request<pb::RecallRequest>,
     ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        let timer = SelfTimer::start();
+        let timer = SelfTimer::start(request.get_ref().explain);
         let request = request.into_inner();
         let query = Query::from_pb(&request);
         let items = self.recall(&query)?.into_iter().map(Into::into).collect();
         let mut timings = Vec::new();
-        timer.record(Stage::Recall, request.explain, &mut timings);
+        timer.record(Stage::Recall, &mut timings);
         Ok(tonic::Response::new(pb::RecallResponse { items, timings }))
     }
 }

@@ -148,7 +148,7 @@ impl proxy_api::Rerank for RerankStage {
         &self,
         request: tonic::Request<pb::RerankRequest>,
     ) -> Result<tonic::Response<pb::RerankResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start();
+        let mut timer = SelfTimer::start(request.get_ref().explain);
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let params = request
@@ -174,7 +174,7 @@ impl proxy_api::Rerank for RerankStage {
             .map(Into::into)
             .collect();
         let mut timings = ranked.timings;
-        timer.record(Stage::Rerank, request.explain, &mut timings);
+        timer.record(Stage::Rerank, &mut timings);
         Ok(tonic::Response::new(pb::RerankResponse { items, timings }))
     }
 }

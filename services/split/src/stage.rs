@@ -95,7 +95,7 @@ impl proxy_api::Split for SplitStage {
         &self,
         request: tonic::Request<pb::SplitRequest>,
     ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start();
+        let mut timer = SelfTimer::start(request.get_ref().explain);
         let ctx = CallContext::of(&request);
         let request = request.into_inner();
         let assignment: pb::Assignment = self.assign(&request.user_id, &request.layers).into();
@@ -112,7 +112,7 @@ impl proxy_api::Split for SplitStage {
             .map_err(Error::from)?
             .into_inner();
         let mut timings = reranked.timings;
-        timer.record(Stage::Split, request.explain, &mut timings);
+        timer.record(Stage::Split, &mut timings);
         Ok(tonic::Response::new(pb::SplitResponse {
             items: reranked.items,
             assignment: Some(assignment),

@@ -24,6 +24,9 @@ pub struct Phase {
     pub seconds: f64,
     /// Latency percentiles in milliseconds: p50, p90, p99, p99.9.
     pub latency_ms: [f64; 4],
+    /// Each stage's own CPU per request, µs (mean over the phase's
+    /// successful requests; empty when the server reports no timings).
+    pub stage_self_us: BTreeMap<String, f64>,
 }
 
 impl Phase {
@@ -38,29 +41,51 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
+/// Per-stage own time summed over successful calls, and their count.
+type Timings = (BTreeMap<String, f64>, u64);
+
+fn add_timings(into: &mut Timings, timings: &[pb::StageTiming]) {
+    for t in timings {
+        *into.0.entry(t.stage.clone()).or_insert(0.0) += t.self_us as f64;
+    }
+    into.1 += 1;
+}
+
 fn finish(
     hist: &Histogram<u64>,
     requests: u64,
     errors: BTreeMap<String, u64>,
     seconds: f64,
+    timings: &Timings,
 ) -> Phase {
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let stage_self_us = timings
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), v / timings.1.max(1) as f64))
+        .collect();
     Phase {
         requests,
         errors,
         seconds,
         latency_ms: [q(0.50), q(0.90), q(0.99), q(0.999)],
+        stage_self_us,
     }
 }
 
-/// One call; the client is cheap to clone (it shares the channel).
+/// One call; the client is cheap to clone (it shares the channel). Returns
+/// the stages' timings (present when the request asked to explain).
 async fn call(
     client: &mut BusinessClient<Channel>,
     request: &pb::GetFeedRequest,
-) -> Result<(), tonic::Code> {
+) -> Result<Vec<pb::StageTiming>, tonic::Code> {
     let mut r = tonic::Request::new(request.clone());
     r.set_timeout(Duration::from_secs(10));
-    client.get_feed(r).await.map(|_| ()).map_err(|s| s.code())
+    client
+        .get_feed(r)
+        .await
+        .map(|r| r.into_inner().timings)
+        .map_err(|s| s.code())
 }
 
 /// `concurrency` clients each send the next request as soon as the last
@@ -75,6 +100,7 @@ pub async fn closed_loop(
         histogram(),
         0u64,
         BTreeMap::<String, u64>::new(),
+        Timings::default(),
     )));
     let start = Instant::now();
     let end = start + duration;
@@ -86,14 +112,16 @@ pub async fn closed_loop(
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut errors = BTreeMap::new();
+            let mut timings = Timings::default();
             let mut done = 0u64;
             let mut i = worker;
             while Instant::now() < end {
                 let sent = Instant::now();
                 let result = call(&mut client, &requests[i % requests.len()]).await;
                 hist.saturating_record(sent.elapsed().as_micros().max(1) as u64);
-                if let Err(code) = result {
-                    *errors.entry(format!("{code:?}")).or_insert(0) += 1;
+                match result {
+                    Ok(t) => add_timings(&mut timings, &t),
+                    Err(code) => *errors.entry(format!("{code:?}")).or_insert(0) += 1,
                 }
                 done += 1;
                 i += concurrency;
@@ -104,6 +132,10 @@ pub async fn closed_loop(
             for (k, v) in errors {
                 *s.2.entry(k).or_insert(0) += v;
             }
+            for (k, v) in timings.0 {
+                *s.3.0.entry(k).or_insert(0.0) += v;
+            }
+            s.3.1 += timings.1;
         }));
     }
     for t in tasks {
@@ -111,7 +143,7 @@ pub async fn closed_loop(
     }
     let seconds = start.elapsed().as_secs_f64();
     let s = shared.lock().await;
-    finish(&s.0, s.1, s.2.clone(), seconds)
+    finish(&s.0, s.1, s.2.clone(), seconds, &s.3)
 }
 
 /// Sends at `rate` per second for `duration`, each request on its own task
@@ -157,5 +189,5 @@ pub async fn open_loop(
     let Ok(s) = shared.lock() else {
         return Phase::default();
     };
-    finish(&s.0, s.1, s.2.clone(), seconds)
+    finish(&s.0, s.1, s.2.clone(), seconds, &Timings::default())
 }

@@ -225,8 +225,8 @@ pub struct ConfigResult {
     pub errors: BTreeMap<String, u64>,
     /// Load generator CPU per request, ms (median).
     pub loadgen_cpu_ms_per_req: f64,
-    /// Each stage's own time per request, µs (mean over an explain sample);
-    /// empty for the echo chain.
+    /// Each stage's own CPU per request, µs, measured during the closed-loop
+    /// phases (median over runs); empty for the echo chain.
     pub stage_self_us: BTreeMap<String, f64>,
 }
 
@@ -301,8 +301,9 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchEr
     Ok(out)
 }
 
-/// The request set: 200 users, a page of 20, `kb` KB of context blob.
-fn requests(kb: usize, users: u32) -> Vec<pb::GetFeedRequest> {
+/// The request set: 200 users, a page of 20, `kb` KB of context blob. With
+/// `explain`, every stage reports its own CPU time (a few clock reads each).
+fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
     (0..200u32)
         .map(|i| pb::GetFeedRequest {
             user_id: ((i * 37) % users).to_string(),
@@ -321,7 +322,7 @@ fn requests(kb: usize, users: u32) -> Vec<pb::GetFeedRequest> {
                 blob: vec![(i % 251) as u8; kb * 1024],
                 ..Default::default()
             }),
-            explain: false,
+            explain,
         })
         .collect()
 }
@@ -411,7 +412,8 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             let clients = clients(entry, 4).await?;
             for kb in payloads {
                 bar.set_message(format!("{name}, {items} items, {kb} KB"));
-                let requests = Arc::new(requests(*kb, settings.users));
+                let echo = name == "echo-chain";
+                let requests = Arc::new(requests(*kb, settings.users, !echo));
                 load::closed_loop(
                     &clients,
                     requests.clone(),
@@ -419,12 +421,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     Duration::from_secs_f64(settings.warmup_s),
                 )
                 .await;
-                let echo = name == "echo-chain";
                 if !echo {
+                    let sample = self::requests(*kb, settings.users, false);
                     check_parity(
                         name,
                         &clients[0],
-                        &requests[..settings.parity_sample],
+                        &sample[..settings.parity_sample],
                         *kb,
                         &mut reference,
                     )
@@ -471,12 +473,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     });
                     bar.inc(1);
                 }
-                let stage_self_us = if echo {
-                    BTreeMap::new()
-                } else {
-                    stage_times(name, &clients[0], &requests[..50.min(requests.len())]).await?
-                };
-                configs.push(summarise(name, *items, *kb, runs, stage_self_us));
+                configs.push(summarise(name, *items, *kb, runs));
             }
             let per_process: Vec<(String, f64)> = running
                 .members
@@ -539,40 +536,20 @@ async fn check_parity(
     Ok(())
 }
 
-/// Mean own time per stage over an explain sample.
-async fn stage_times(
-    name: &str,
-    client: &BusinessClient<Channel>,
-    sample: &[pb::GetFeedRequest],
-) -> Result<BTreeMap<String, f64>, BenchError> {
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    for r in sample {
-        let mut r = r.clone();
-        r.explain = true;
-        let response = client
-            .clone()
-            .get_feed(r)
-            .await
-            .map_err(|status| BenchError::Call {
-                topology: name.to_owned(),
-                status,
-            })?;
-        for t in response.into_inner().timings {
-            *sums.entry(t.stage).or_insert(0.0) += t.self_us as f64;
-        }
+fn summarise(name: &str, items: u32, kb: usize, runs: Vec<RunResult>) -> ConfigResult {
+    // Per stage, the median over the runs of the closed-loop mean.
+    let mut stage_self_us = BTreeMap::new();
+    let stages: Vec<String> = runs
+        .first()
+        .map(|r| r.closed.stage_self_us.keys().cloned().collect())
+        .unwrap_or_default();
+    for stage in stages {
+        let values = runs
+            .iter()
+            .filter_map(|r| r.closed.stage_self_us.get(&stage).copied())
+            .collect();
+        stage_self_us.insert(stage, Stat::of(values).median);
     }
-    sums.values_mut()
-        .for_each(|v| *v /= sample.len().max(1) as f64);
-    Ok(sums)
-}
-
-fn summarise(
-    name: &str,
-    items: u32,
-    kb: usize,
-    runs: Vec<RunResult>,
-    stage_self_us: BTreeMap<String, f64>,
-) -> ConfigResult {
     let stat = |f: &dyn Fn(&RunResult) -> f64| Stat::of(runs.iter().map(f).collect());
     let mut errors = BTreeMap::new();
     for r in &runs {

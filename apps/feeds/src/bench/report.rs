@@ -274,7 +274,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## Where the CPU goes\n\nShare of each process in its topology's CPU (closed loop, first run), and each stage's own time per request (explain sample):\n"
+            "\n## Where the CPU goes\n\nShare of each process in its topology's CPU (closed loop, first run), and each stage's own CPU per request, reported by the stages during the closed loop:\n"
         );
         for c in &self.configs {
             let share: Vec<String> = c
