@@ -61,6 +61,15 @@ impl Generated {
             out.push_str(&stage.code);
         }
 
+        let _ = writeln!(
+            out,
+            "/// A stand-in for every stage that answers UNIMPLEMENTED, for tests and\n\
+             /// benches that run one stage without its downstream.\n\
+             #[cfg(feature = \"test-util\")]\n\
+             #[derive(Clone, Copy, Debug, Default)]\n\
+             pub struct Unimplemented;\n"
+        );
+
         // The Stage enum.
         let variants: Vec<String> = stages.iter().map(|s| s.rust_name.clone()).collect();
         let _ = writeln!(
@@ -241,6 +250,7 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
     let mut trait_methods = String::new();
     let mut remote_methods = String::new();
     let mut serve_methods = String::new();
+    let mut fake_methods = String::new();
     for m in &service.methods {
         let doc = m
             .comments
@@ -255,6 +265,13 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
              let request = {rt}::context::outbound(request)?;\n        client.{}(request).await.map_err(|status| self.target.status(status))\n    }}",
             sig(m),
             m.name
+        );
+        let _ = writeln!(
+            fake_methods,
+            "    {} {{\n        drop(request);\n        Err(tonic::Status::unimplemented(\"{}.{}: test stand-in\"))\n    }}",
+            sig(m),
+            full_name,
+            m.proto_name
         );
         let _ = writeln!(
             serve_methods,
@@ -303,6 +320,11 @@ pub struct {name}Serve(pub std::sync::Arc<dyn {name}>);
 #[{rt}::async_trait]
 impl {pb}::{snake}_server::{name} for {name}Serve {{
 {serve_methods}}}
+
+#[cfg(feature = "test-util")]
+#[{rt}::async_trait]
+impl {name} for Unimplemented {{
+{fake_methods}}}
 
 /// Registry marker for the `{key}` stage.
 pub struct {name}Service;

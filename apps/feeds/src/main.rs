@@ -256,6 +256,14 @@ fn load(file: Option<PathBuf>, world: WorldArgs) -> Result<(feeds::Config, feeds
     Ok((config, plan))
 }
 
+/// Exit status of a finished command: success, or the error printed.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::FAILURE
@@ -309,10 +317,7 @@ fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> Exit
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
-    }
+    exit(result)
 }
 
 fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCode {
@@ -344,10 +349,7 @@ fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCo
         eprintln!("results in {}", out.display());
         Ok(())
     })();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
-    }
+    exit(result)
 }
 
 fn echo(stage: &str, listen: std::net::SocketAddr, next: Option<String>) -> ExitCode {
@@ -366,10 +368,7 @@ fn echo(stage: &str, listen: std::net::SocketAddr, next: Option<String>) -> Exit
             Ok(())
         })
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
-    }
+    exit(result)
 }
 
 fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> ExitCode {
@@ -413,13 +412,7 @@ fn serve(file: Option<PathBuf>, world: WorldArgs, print_config: bool) -> ExitCod
             Ok(())
         })
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(result)
 }
 
 fn toml_string(config: &feeds::Config) -> anyhow::Result<String> {
@@ -478,11 +471,5 @@ fn up(topology: &str, dir: &std::path::Path, ready_timeout: Duration) -> ExitCod
             Ok(())
         })
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(result)
 }

@@ -10,22 +10,13 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use proxy_api::pb;
 use world::{World, WorldConfig};
 
-/// Business's downstream is not exercised here; only its own logic is.
-struct NoSplit;
-
-#[proxy_api::async_trait]
-impl proxy_api::Split for NoSplit {
-    async fn split(
-        &self,
-        _: tonic::Request<pb::SplitRequest>,
-    ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("bench"))
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let world = Arc::new(World::generate(&WorldConfig::default()));
-    let stage = BusinessStage::new(world.clone(), Config::default(), Arc::new(NoSplit));
+    let stage = BusinessStage::new(
+        world.clone(),
+        Config::default(),
+        Arc::new(proxy_api::Unimplemented),
+    );
     let ranked: Vec<pb::ScoredItem> = world
         .by_popularity()
         .iter()

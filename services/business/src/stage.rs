@@ -179,18 +179,6 @@ impl proxy_api::Business for BusinessStage {
 mod tests {
     use super::*;
 
-    struct NoSplit;
-
-    #[proxy_api::async_trait]
-    impl proxy_api::Split for NoSplit {
-        async fn split(
-            &self,
-            _: tonic::Request<pb::SplitRequest>,
-        ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not in this test"))
-        }
-    }
-
     fn stage() -> BusinessStage {
         let cfg = world::WorldConfig {
             items: 1_000,
@@ -199,7 +187,7 @@ mod tests {
         BusinessStage::new(
             Arc::new(World::generate(&cfg)),
             Config::default(),
-            Arc::new(NoSplit),
+            Arc::new(proxy_api::Unimplemented),
         )
     }
 

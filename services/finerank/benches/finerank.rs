@@ -9,23 +9,14 @@ use finerank::{Config, FineRankStage, Query};
 use proxy_api::pb;
 use world::{World, WorldConfig};
 
-/// Fine-rank's downstream is not exercised here; only `rank()` is measured.
-struct NoRecall;
-
-#[proxy_api::async_trait]
-impl proxy_api::Recall for NoRecall {
-    async fn recall(
-        &self,
-        _: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("bench"))
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let world = Arc::new(World::generate(&WorldConfig::default()));
-    let stage = FineRankStage::new(world.clone(), Config::default(), Arc::new(NoRecall))
-        .expect("models train");
+    let stage = FineRankStage::new(
+        world.clone(),
+        Config::default(),
+        Arc::new(proxy_api::Unimplemented),
+    )
+    .expect("models train");
     let user = 42;
     let recent = world.history(user).to_vec();
     let embedding = world.user_embedding(user).expect("known user");

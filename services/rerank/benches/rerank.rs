@@ -5,26 +5,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use proxy_api::pb;
 use rerank::{Config, PageRules, Pick, RerankStage};
 use world::{World, WorldConfig};
 
-/// Rerank's downstream is not exercised here; only `compose()` is measured.
-struct NoFineRank;
-
-#[proxy_api::async_trait]
-impl proxy_api::FineRank for NoFineRank {
-    async fn rank(
-        &self,
-        _: tonic::Request<pb::RankRequest>,
-    ) -> Result<tonic::Response<pb::RankResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("bench"))
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let world = Arc::new(World::generate(&WorldConfig::default()));
-    let stage = RerankStage::new(world.clone(), Config::default(), Arc::new(NoFineRank));
+    let stage = RerankStage::new(
+        world.clone(),
+        Config::default(),
+        Arc::new(proxy_api::Unimplemented),
+    );
     let embedding = world.user_embedding(7).expect("known user");
     let mut scored: Vec<(u64, f32)> = (0..world.len() as u64)
         .map(|i| {

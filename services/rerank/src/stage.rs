@@ -183,18 +183,6 @@ impl proxy_api::Rerank for RerankStage {
 mod tests {
     use super::*;
 
-    struct NoFineRank;
-
-    #[proxy_api::async_trait]
-    impl proxy_api::FineRank for NoFineRank {
-        async fn rank(
-            &self,
-            _: tonic::Request<pb::RankRequest>,
-        ) -> Result<tonic::Response<pb::RankResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not in this test"))
-        }
-    }
-
     fn stage() -> RerankStage {
         let cfg = world::WorldConfig {
             items: 2_000,
@@ -206,7 +194,7 @@ mod tests {
         RerankStage::new(
             Arc::new(World::generate(&cfg)),
             Config::default(),
-            Arc::new(NoFineRank),
+            Arc::new(proxy_api::Unimplemented),
         )
     }
 

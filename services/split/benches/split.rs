@@ -5,24 +5,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use proxy_api::pb;
 use split::{Config, SplitStage};
 
-/// Split's downstream is not exercised here; only `assign()` is measured.
-struct NoRerank;
-
-#[proxy_api::async_trait]
-impl proxy_api::Rerank for NoRerank {
-    async fn rerank(
-        &self,
-        _: tonic::Request<pb::RerankRequest>,
-    ) -> Result<tonic::Response<pb::RerankResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("bench"))
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    let stage = SplitStage::new(Config::default(), Arc::new(NoRerank)).expect("default config");
+    let stage = SplitStage::new(Config::default(), Arc::new(proxy_api::Unimplemented))
+        .expect("default config");
     let users: Vec<String> = (0..1_000).map(|u| u.to_string()).collect();
     let mut i = 0;
     c.bench_function("split/assign", |b| {

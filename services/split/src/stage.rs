@@ -125,21 +125,10 @@ impl proxy_api::Split for SplitStage {
 mod tests {
     use super::*;
 
-    struct NoRerank;
-
-    #[proxy_api::async_trait]
-    impl proxy_api::Rerank for NoRerank {
-        async fn rerank(
-            &self,
-            _: tonic::Request<pb::RerankRequest>,
-        ) -> Result<tonic::Response<pb::RerankResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not in this test"))
-        }
-    }
-
     #[test]
     fn buckets_are_stable_and_spread() {
-        let s = SplitStage::new(Config::default(), Arc::new(NoRerank)).expect("default config");
+        let s = SplitStage::new(Config::default(), Arc::new(proxy_api::Unimplemented))
+            .expect("default config");
         assert_eq!(s.assign("42", &[]), s.assign("42", &[]));
         let in_v2 = (0..2_000)
             .filter(|u| {
@@ -156,7 +145,8 @@ mod tests {
 
     #[test]
     fn layers_filter_and_override() {
-        let s = SplitStage::new(Config::default(), Arc::new(NoRerank)).expect("default config");
+        let s = SplitStage::new(Config::default(), Arc::new(proxy_api::Unimplemented))
+            .expect("default config");
         let user = (0..1_000)
             .map(|u| u.to_string())
             .find(|u| s.assign(u, &[]).hits.len() == 2)
