@@ -251,6 +251,7 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
     let mut remote_methods = String::new();
     let mut serve_methods = String::new();
     let mut fake_methods = String::new();
+    let mut local_methods = String::new();
     for m in &service.methods {
         let doc = m
             .comments
@@ -267,6 +268,13 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
             m.name
         );
         let _ = writeln!(
+            local_methods,
+            "    {} {{\n        let deadline = {rt}::context::deadline_of(&request);\n        {rt}::context::within(deadline, {:?}, self.0.{}(request)).await\n    }}",
+            sig(m),
+            key,
+            m.name
+        );
+        let _ = writeln!(
             fake_methods,
             "    {} {{\n        drop(request);\n        Err(tonic::Status::unimplemented(\"{}.{}: test stand-in\"))\n    }}",
             sig(m),
@@ -275,8 +283,9 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
         );
         let _ = writeln!(
             serve_methods,
-            "    {} {{\n        let request = {rt}::context::inbound(request)?;\n        self.0.{}(request).await\n    }}",
+            "    {} {{\n        let request = {rt}::context::inbound(request)?;\n        let deadline = {rt}::context::server_deadline(&request);\n        {rt}::context::within(deadline, {:?}, self.0.{}(request)).await\n    }}",
             sig(m),
+            key,
             m.name
         );
     }
@@ -314,6 +323,14 @@ impl {name}Remote {{
 impl {name} for {name}Remote {{
 {remote_methods}}}
 
+/// `{name}` bound `local`: a plain call to the implementation, with the
+/// request's deadline enforced as the `grpc` binding enforces it.
+pub struct {name}Local(pub std::sync::Arc<dyn {name}>);
+
+#[{rt}::async_trait]
+impl {name} for {name}Local {{
+{local_methods}}}
+
 /// Exposes any `Arc<dyn {name}>` as tonic's generated server.
 pub struct {name}Serve(pub std::sync::Arc<dyn {name}>);
 
@@ -335,6 +352,10 @@ impl {rt}::Service for {name}Service {{
 
     fn remote(channel: tonic::transport::Channel, target: {rt}::RemoteTarget) -> std::sync::Arc<dyn {name}> {{
         std::sync::Arc::new({name}Remote::new(channel, target))
+    }}
+
+    fn local(imp: std::sync::Arc<dyn {name}>) -> std::sync::Arc<dyn {name}> {{
+        std::sync::Arc::new({name}Local(imp))
     }}
 
     fn add_routes(imp: std::sync::Arc<dyn {name}>, routes: &mut tonic::service::RoutesBuilder, limits: &{rt}::Limits) {{

@@ -8,6 +8,7 @@
 //! the same values.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataValue};
@@ -55,18 +56,7 @@ impl CallContext {
                 headers.insert(key.as_str().to_owned(), value.to_owned());
             }
         }
-        let deadline = request
-            .extensions()
-            .get::<Deadline>()
-            .map(|d| d.0)
-            .or_else(|| {
-                request
-                    .metadata()
-                    .get(GRPC_TIMEOUT)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_grpc_timeout)
-                    .map(|t| Instant::now() + t)
-            });
+        let deadline = deadline_of(request);
         Self {
             request_id: headers.get(REQUEST_ID).cloned(),
             tenant: headers.get(TENANT).cloned(),
@@ -99,6 +89,57 @@ impl CallContext {
         }
         request
     }
+}
+
+/// The request's deadline: the [`Deadline`] extension, else `grpc-timeout`.
+pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    request
+        .extensions()
+        .get::<Deadline>()
+        .map(|d| d.0)
+        .or_else(|| {
+            request
+                .metadata()
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_grpc_timeout)
+                .map(|t| Instant::now() + t)
+        })
+}
+
+/// Runs `call`, answering DEADLINE_EXCEEDED (naming `stage`) if `deadline`
+/// passes first. Both bindings enforce deadlines through this.
+pub async fn within<T>(
+    deadline: Option<Instant>,
+    stage: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    let exceeded = || Status::deadline_exceeded(format!("deadline exceeded in stage `{stage}`"));
+    // Checked before and after as well as by the timer: a stage whose work
+    // never yields (most of them) would otherwise finish past its deadline.
+    if Instant::now() >= deadline {
+        return Err(exceeded());
+    }
+    let out = tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .map_err(|_| exceeded())?;
+    if Instant::now() > deadline {
+        return Err(exceeded());
+    }
+    out
+}
+
+/// How much earlier than the wire deadline a server gives up, so it is this
+/// code (DEADLINE_EXCEEDED) and not tonic's own timer (CANCELLED) that answers.
+const SERVER_MARGIN: Duration = Duration::from_millis(1);
+
+/// The deadline a server enforces for `request`: the wire deadline less a
+/// small margin (see [`SERVER_MARGIN`]).
+pub fn server_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    deadline_of(request).map(|d| d.checked_sub(SERVER_MARGIN).unwrap_or(d))
 }
 
 /// Client side of the `grpc` binding: turns the [`Deadline`] extension into

@@ -16,6 +16,8 @@ pub trait Service: 'static {
     const STAGE: Stage;
     /// The remote adapter over `channel`.
     fn remote(channel: Channel, target: RemoteTarget) -> Arc<Self::Api>;
+    /// The `local` binding of `imp`: the implementation, with deadlines enforced.
+    fn local(imp: Arc<Self::Api>) -> Arc<Self::Api>;
     /// Adds the tonic server for `imp` to `routes`.
     fn add_routes(imp: Arc<Self::Api>, routes: &mut RoutesBuilder, limits: &Limits);
 }
@@ -37,7 +39,16 @@ impl RemoteTarget {
     pub fn status(&self, status: tonic::Status) -> tonic::Status {
         use std::error::Error as _;
         let from_transport = status.source().is_some();
+        // tonic's own timers (client or server) answer CANCELLED "Timeout expired".
+        let timer = status
+            .source()
+            .is_some_and(|e| e.downcast_ref::<tonic::TimeoutExpired>().is_some())
+            || status.message() == "Timeout expired";
         match status.code() {
+            tonic::Code::Cancelled if timer => tonic::Status::deadline_exceeded(format!(
+                "deadline exceeded calling stage `{}`",
+                self.stage.name()
+            )),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => status,
             _ if from_transport => tonic::Status::unavailable(format!(
                 "stage `{}` unreachable at {}: {}",
@@ -58,7 +69,11 @@ pub struct Slot<S: Service> {
 
 enum State<T: ?Sized> {
     Unbound,
-    Local(Arc<T>),
+    /// The implementation (served as is) and the stub callers get.
+    Local {
+        imp: Arc<T>,
+        stub: Arc<T>,
+    },
     Remote {
         stub: Arc<T>,
         endpoints: Vec<String>,
@@ -78,7 +93,7 @@ impl<S: Service> Slot<S> {
     pub fn get(&self) -> Result<Arc<S::Api>, RegistryError> {
         match &self.state {
             State::Unbound => Err(RegistryError::unbound(S::STAGE)),
-            State::Local(imp) => Ok(Arc::clone(imp)),
+            State::Local { stub, .. } => Ok(Arc::clone(stub)),
             State::Remote { stub, .. } => Ok(Arc::clone(stub)),
         }
     }
@@ -86,14 +101,17 @@ impl<S: Service> Slot<S> {
     /// Binds the in-process implementation.
     pub fn provide(&mut self, imp: Arc<S::Api>) -> Result<(), RegistryError> {
         self.refuse_rebind("local")?;
-        self.state = State::Local(imp);
+        self.state = State::Local {
+            stub: S::local(Arc::clone(&imp)),
+            imp,
+        };
         Ok(())
     }
 
     fn refuse_rebind(&self, requested: &'static str) -> Result<(), RegistryError> {
         let existing = match self.state {
             State::Unbound => return Ok(()),
-            State::Local(_) => "local",
+            State::Local { .. } => "local",
             State::Remote { .. } => "grpc",
         };
         Err(RegistryError::AlreadyBound {
@@ -133,7 +151,7 @@ impl<S: Service> AnySlot for Slot<S> {
 
     fn add_routes(&self, routes: &mut RoutesBuilder, limits: &Limits) -> bool {
         match &self.state {
-            State::Local(imp) => {
+            State::Local { imp, .. } => {
                 S::add_routes(Arc::clone(imp), routes, limits);
                 true
             }
@@ -144,7 +162,7 @@ impl<S: Service> AnySlot for Slot<S> {
     fn binding(&self) -> Binding {
         match &self.state {
             State::Unbound => Binding::Unbound,
-            State::Local(_) => Binding::Local,
+            State::Local { .. } => Binding::Local,
             State::Remote { endpoints, .. } => Binding::Grpc(endpoints.clone()),
         }
     }

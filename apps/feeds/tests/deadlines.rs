@@ -1,0 +1,127 @@
+//! Deadlines are honoured in both bindings: an expired deadline answers
+//! DEADLINE_EXCEEDED (never CANCELLED or UNKNOWN), whether the slow stage is
+//! in-process or behind gRPC, and end to end through the chain.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proxy_api::context::Deadline;
+use proxy_api::{Limits, Recall, Registry, RemoteConfig, Stage, pb};
+
+/// A recall that takes far longer than any deadline in these tests.
+struct Slow;
+
+#[proxy_api::async_trait]
+impl Recall for Slow {
+    async fn recall(
+        &self,
+        _: tonic::Request<pb::RecallRequest>,
+    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(tonic::Response::new(pb::RecallResponse::default()))
+    }
+}
+
+fn with_deadline(after: Duration) -> tonic::Request<pb::RecallRequest> {
+    let mut request = tonic::Request::new(pb::RecallRequest::default());
+    request
+        .extensions_mut()
+        .insert(Deadline(Instant::now() + after));
+    request
+}
+
+async fn expect_deadline(stub: Arc<dyn Recall>, after: Duration) {
+    let started = Instant::now();
+    // The outer timeout only turns a hang into a failure.
+    let status = tokio::time::timeout(Duration::from_secs(10), stub.recall(with_deadline(after)))
+        .await
+        .expect("the deadline must end the call")
+        .expect_err("the stage is too slow");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() >= after.saturating_sub(Duration::from_millis(5)),
+        "answered before the deadline"
+    );
+}
+
+#[tokio::test]
+async fn slow_stage_times_out_in_both_bindings() {
+    let mut local = Registry::empty();
+    local.provide_recall(Arc::new(Slow)).expect("provide");
+    expect_deadline(local.recall().expect("local"), Duration::from_millis(200)).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (routes, _) = local.routes(&Limits::default());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut remote = Registry::empty();
+    let cfg = RemoteConfig {
+        endpoints: vec![format!("http://{addr}")],
+        ..RemoteConfig::default()
+    };
+    remote
+        .bind_remote(Stage::Recall, &cfg, Limits::default())
+        .expect("bind");
+    for _ in 0..5 {
+        expect_deadline(remote.recall().expect("remote"), Duration::from_millis(200)).await;
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_deadline_end_to_end() {
+    let case = &common::cases(3)[2];
+    let short = |mut r: tonic::Request<pb::GetFeedRequest>| {
+        r.set_timeout(Duration::from_micros(1));
+        r
+    };
+    // In-process monolith.
+    let (config, plan) = common::config_for(&Stage::ALL, "127.0.0.1:0".parse().expect("addr"), &[]);
+    let registry = feeds::build(&config, &plan).expect("registry");
+    let status = registry
+        .business()
+        .expect("local")
+        .get_feed(short(common::request(case, 0)))
+        .await
+        .expect_err("expired");
+    assert_eq!(
+        status.code(),
+        tonic::Code::DeadlineExceeded,
+        "monolith: {status:?}"
+    );
+
+    // Five stages over gRPC, reached through the grpc binding (a bare tonic
+    // client reports its own timer as CANCELLED; the binding maps it).
+    let groups: Vec<&[Stage]> = Stage::ALL.iter().map(std::slice::from_ref).collect();
+    let servers = common::serve_groups(&groups).await;
+    let mut remote = Registry::empty();
+    let cfg = RemoteConfig {
+        endpoints: vec![format!("http://{}", servers.addrs[0])],
+        ..RemoteConfig::default()
+    };
+    remote
+        .bind_remote(Stage::Business, &cfg, Limits::default())
+        .expect("bind");
+    let business = remote.business().expect("remote business");
+    for after in [Duration::from_micros(1), Duration::from_micros(500)] {
+        let mut request = common::request(case, 0);
+        request
+            .extensions_mut()
+            .insert(Deadline(Instant::now() + after));
+        let status = business.get_feed(request).await.expect_err("expired");
+        assert_eq!(
+            status.code(),
+            tonic::Code::DeadlineExceeded,
+            "five stages over gRPC, {after:?}: {status:?}"
+        );
+    }
+    servers.stop().await;
+}
