@@ -267,12 +267,21 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
             sig(m),
             m.name
         );
+        // Written out in async_trait's expanded form so that, without a
+        // deadline, the implementation's own boxed future is handed back:
+        // no second allocation, no extra poll layer.
         let _ = writeln!(
             local_methods,
-            "    {} {{\n        let deadline = {rt}::context::deadline_of(&request);\n        {rt}::context::within(deadline, {:?}, self.0.{}(request)).await\n    }}",
-            sig(m),
-            key,
-            m.name
+            "    fn {m}<'life0, 'async_trait>(&'life0 self, request: tonic::Request<{i}>) -> \
+             ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>>\n    \
+             where 'life0: 'async_trait, Self: 'async_trait {{\n        \
+             match {rt}::context::deadline_ext(&request) {{\n            \
+             None => self.0.{m}(request),\n            \
+             Some(deadline) => Box::pin({rt}::context::within(Some(deadline), {key:?}, self.0.{m}(request))),\n        \
+             }}\n    }}",
+            m = m.name,
+            i = ty(&m.input_type),
+            o = ty(&m.output_type),
         );
         let _ = writeln!(
             fake_methods,
@@ -327,7 +336,6 @@ impl {name} for {name}Remote {{
 /// request's deadline enforced as the `grpc` binding enforces it.
 pub struct {name}Local(pub std::sync::Arc<dyn {name}>);
 
-#[{rt}::async_trait]
 impl {name} for {name}Local {{
 {local_methods}}}
 

@@ -107,6 +107,13 @@ pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
         })
 }
 
+/// The [`Deadline`] extension alone: what the `local` binding enforces. Every
+/// in-process hop carries it (set by [`CallContext::request`] and by the
+/// server adapter), and reading it costs no header lookup on the hot path.
+pub fn deadline_ext<T>(request: &Request<T>) -> Option<Instant> {
+    request.extensions().get::<Deadline>().map(|d| d.0)
+}
+
 /// Runs `call`, answering DEADLINE_EXCEEDED (naming `stage`) if `deadline`
 /// passes first. Both bindings enforce deadlines through this.
 pub async fn within<T>(
