@@ -52,24 +52,7 @@ async fn slow_stage_times_out_in_both_bindings() {
     local.provide_recall(Arc::new(Slow)).expect("provide");
     expect_deadline(local.recall().expect("local"), Duration::from_millis(200)).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (routes, _) = local.routes(&Limits::default());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    let mut remote = Registry::empty();
-    let cfg = RemoteConfig {
-        endpoints: vec![format!("http://{addr}")],
-        ..RemoteConfig::default()
-    };
-    remote
-        .bind_remote(Stage::Recall, &cfg, Limits::default())
-        .expect("bind");
+    let (remote, server) = common::over_grpc(&local, Stage::Recall).await;
     for _ in 0..5 {
         expect_deadline(remote.recall().expect("remote"), Duration::from_millis(200)).await;
     }

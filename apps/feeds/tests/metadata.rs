@@ -2,11 +2,13 @@
 //! callee identically under the `local` and `grpc` bindings, and the chain
 //! forwards it hop to hop.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proxy_api::context::{Deadline, REQUEST_ID, TENANT};
-use proxy_api::{CallContext, Limits, Recall, Registry, RemoteConfig, Stage, pb};
+use proxy_api::{CallContext, Recall, Registry, Stage, pb};
 use tonic::metadata::MetadataValue;
 
 /// A recall that records the context it was called with.
@@ -72,25 +74,7 @@ async fn callee_sees_the_same_context_in_both_bindings() {
         .expect("local call");
 
     // grpc: serve the same implementation, call it through a remote slot.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (routes, served) = local.routes(&Limits::default());
-    assert_eq!(served, vec![Stage::Recall]);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    let mut remote = Registry::empty();
-    let cfg = RemoteConfig {
-        endpoints: vec![format!("http://{addr}")],
-        ..RemoteConfig::default()
-    };
-    remote
-        .bind_remote(Stage::Recall, &cfg, Limits::default())
-        .expect("bind remote");
+    let (remote, server) = common::over_grpc(&local, Stage::Recall).await;
     remote
         .recall()
         .expect("bound")

@@ -245,3 +245,33 @@ pub async fn wait_serving(addr: SocketAddr) {
     }
     panic!("{addr} never reported SERVING");
 }
+
+/// Serves `local`'s locally bound stages on a loopback port and returns a
+/// registry that reaches `stage` there over gRPC, plus the server task.
+pub async fn over_grpc(
+    local: &proxy_api::Registry,
+    stage: Stage,
+) -> (proxy_api::Registry, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (routes, served) = local.routes(&proxy_api::Limits::default());
+    assert!(served.contains(&stage), "{stage:?} is not bound local");
+    let server = tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    let mut remote = proxy_api::Registry::empty();
+    let cfg = RemoteConfig {
+        endpoints: vec![format!("http://{addr}")],
+        ..RemoteConfig::default()
+    };
+    remote
+        .bind_remote(stage, &cfg, proxy_api::Limits::default())
+        .expect("bind remote");
+    (remote, server)
+}
