@@ -50,6 +50,15 @@ impl RemoteTarget {
                 self.stage.name()
             )),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => status,
+            // tonic reports a message over the size limit as OUT_OF_RANGE;
+            // gRPC says RESOURCE_EXHAUSTED. The message names the limit.
+            tonic::Code::OutOfRange if status.message().contains("message length too large") => {
+                tonic::Status::resource_exhausted(format!(
+                    "stage `{}`: {}",
+                    self.stage.name(),
+                    status.message()
+                ))
+            }
             _ if from_transport => tonic::Status::unavailable(format!(
                 "stage `{}` unreachable at {}: {}",
                 self.stage.name(),

@@ -60,6 +60,26 @@ pub fn describe(topology: &[(Stage, Binding)], listen: SocketAddr) -> Vec<String
         .collect()
 }
 
+/// tonic answers a message over the receive limit with OUT_OF_RANGE; gRPC
+/// says RESOURCE_EXHAUSTED (and the message, which names the limit, stays).
+fn size_limit_status(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let too_large = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            // grpc-message is percent-encoded on the wire.
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 /// Hosts the stages `plan` names and serves them on `listener` until
 /// `shutdown` resolves; in-flight calls finish before it returns.
 pub async fn run(
@@ -127,6 +147,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .load_shed(true)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
+        .layer(tower::util::MapResponseLayer::new(size_limit_status))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)
