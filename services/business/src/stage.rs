@@ -146,8 +146,9 @@ impl proxy_api::Business for BusinessStage {
         let (tenant, page) = self.check(ctx.tenant.as_deref(), &request)?;
         let limits = &self.config.tenants[&tenant];
         // With a category filter, ask for the whole pool so filtering still fills the page.
+        // One item past the page tells whether there is a next page.
         let limit = if limits.allowed_categories.is_empty() {
-            (page.offset + page.size).min(MAX_POOL)
+            (page.offset + page.size + 1).min(MAX_POOL)
         } else {
             MAX_POOL
         };
@@ -241,6 +242,40 @@ mod tests {
             .check(Some("acme"), &request("1", 10, ""))
             .expect_err("acme");
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn next_cursor_only_when_more_items_exist() {
+        let s = stage();
+        let ranked = |n: u64| {
+            (0..n)
+                .map(|id| pb::ScoredItem {
+                    item_id: id,
+                    score: 0.5,
+                    channel: "t".into(),
+                })
+                .collect()
+        };
+        let page = Page {
+            offset: 0,
+            size: 10,
+        };
+        let (items, next) = s.page("default", page, ranked(11));
+        assert_eq!((items.len(), next.as_str()), (10, "o10"));
+        let (items, next) = s.page("default", page, ranked(10));
+        assert_eq!((items.len(), next.as_str()), (10, ""));
+        let (items, _) = s.page(
+            "default",
+            Page {
+                offset: 10,
+                size: 10,
+            },
+            ranked(15),
+        );
+        assert_eq!(
+            items.iter().map(|i| i.item_id).collect::<Vec<_>>(),
+            (10..15).collect::<Vec<_>>()
+        );
     }
 
     #[test]
