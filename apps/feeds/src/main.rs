@@ -26,6 +26,19 @@ struct WorldArgs {
     users: Option<u32>,
 }
 
+/// Which world to use and where to write the result.
+#[derive(clap::Args, Clone, Debug)]
+struct OutputArgs {
+    /// TOML config file (its world section says which world).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    world: WorldArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Host the stages the config names and serve them over gRPC.
@@ -61,16 +74,7 @@ enum Command {
     },
     /// Train the fine-rank model versions from the world's interaction log
     /// and write them as DIR/<version>.json (load them with finerank.model_dir).
-    Train {
-        /// TOML config file (its world section says which world to train on).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        #[command(flatten)]
-        world: WorldArgs,
-    },
+    Train(OutputArgs),
     /// Benchmark the monolith, five-pod and mixed topologies and a bare tonic
     /// echo chain as OS processes, side by side; writes JSON, Markdown and SVG.
     Bench {
@@ -101,16 +105,7 @@ enum Command {
         next: Option<String>,
     },
     /// Write the world to files (load them back with world.dir).
-    World {
-        /// TOML config file (its world section says which world).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        #[command(flatten)]
-        world: WorldArgs,
-    },
+    World(OutputArgs),
     /// Call Business.GetFeed and print the page.
     Query {
         /// Address of a process serving Business.
@@ -173,8 +168,8 @@ fn main() -> ExitCode {
             json,
             world,
         } => eval(config, world, sample, json),
-        Command::Train { config, out, world } => train(config, world, &out),
-        Command::World { config, out, world } => write_world(config, world, &out),
+        Command::Train(a) => train(a.config, a.world, &a.out),
+        Command::World(a) => write_world(a.config, a.world, &a.out),
         Command::Bench {
             quick,
             smoke,

@@ -3,26 +3,13 @@
 
 mod common;
 
-use proxy_api::Stage;
 use proxy_api::pb::business_client::BusinessClient;
 
 #[tokio::test]
 async fn oversized_request_is_resource_exhausted() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (mut config, _) = common::config_for(&Stage::ALL, addr, &[]);
-    config.process.limits.max_recv_bytes = 8 * 1024;
-    let plan = config.validate().expect("valid");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        feeds::run(&config, &plan, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    common::wait_serving(addr).await;
+    let server =
+        common::serve_monolith(|config| config.process.limits.max_recv_bytes = 8 * 1024).await;
+    let addr = server.addrs[0];
     let mut client = BusinessClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -46,6 +33,5 @@ async fn oversized_request_is_resource_exhausted() {
         .expect_err("64 KB is over the limit");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("8192"), "{status:?}");
-    let _ = stop.send(());
-    server.await.expect("join").expect("server ran");
+    server.stop().await;
 }

@@ -5,26 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use proxy_api::Stage;
 use proxy_api::pb::business_client::BusinessClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_above_the_limit_is_shed() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (mut config, _) = common::config_for(&Stage::ALL, addr, &[]);
-    config.process.max_concurrent_requests = 1;
-    let plan = config.validate().expect("valid");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        feeds::run(&config, &plan, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    common::wait_serving(addr).await;
+    let server = common::serve_monolith(|config| config.process.max_concurrent_requests = 1).await;
+    let addr = server.addrs[0];
 
     let client = BusinessClient::connect(format!("http://{addr}"))
         .await
@@ -57,6 +43,5 @@ async fn burst_above_the_limit_is_shed() {
     }
     assert!(ok >= 1, "nothing got through");
     assert!(shed >= 1, "a burst of 64 over a limit of 1 shed nothing");
-    let _ = stop.send(());
-    server.await.expect("join").expect("server ran");
+    server.stop().await;
 }

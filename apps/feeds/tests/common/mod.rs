@@ -208,14 +208,38 @@ pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
         .iter()
         .map(|l| l.local_addr().expect("addr"))
         .collect();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut servers = Vec::new();
     for (i, (group, listener)) in groups.iter().zip(listeners).enumerate() {
         let remotes: Vec<(Stage, SocketAddr)> = groups
             .get(i + 1)
             .map(|next| vec![(next[0], addrs[i + 1])])
             .unwrap_or_default();
         let (config, plan) = config_for(group, addrs[i], &remotes);
+        servers.push((config, plan, listener));
+    }
+    spawn_servers(servers).await
+}
+
+/// The in-process monolith on a loopback port, its config adjusted by `tweak`.
+pub async fn serve_monolith(tweak: impl FnOnce(&mut Config)) -> InProcess {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (mut config, _) = config_for(&Stage::ALL, addr, &[]);
+    tweak(&mut config);
+    let plan = config.validate().expect("test config is valid");
+    spawn_servers(vec![(config, plan, listener)]).await
+}
+
+async fn spawn_servers(servers: Vec<(Config, Plan, tokio::net::TcpListener)>) -> InProcess {
+    let addrs: Vec<SocketAddr> = servers
+        .iter()
+        .map(|(_, _, l)| l.local_addr().expect("addr"))
+        .collect();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for (config, plan, listener) in servers {
         let (tx, rx) = oneshot::channel::<()>();
         stops.push(tx);
         tasks.push(tokio::spawn(async move {
