@@ -106,6 +106,22 @@ impl Generated {
             "    /// The fully qualified gRPC service name.\n    pub const fn service_name(self) -> &'static str {{\n        match self {{\n{}        }}\n    }}",
             arms(&|s| format!("{:?}", s.full_name))
         );
+        let callers = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match i {
+                0 => format!("            Stage::{} => None,\n", s.rust_name),
+                _ => format!(
+                    "            Stage::{} => Some(Stage::{}),\n",
+                    s.rust_name,
+                    stages[i - 1].rust_name
+                ),
+            })
+            .collect::<String>();
+        let _ = writeln!(
+            out,
+            "    /// The stage that calls this one: the one before it in the chain\n    /// (`None` for the entry stage, which clients call).\n    pub const fn caller(self) -> Option<Stage> {{\n        match self {{\n{callers}        }}\n    }}"
+        );
         let from = stages
             .iter()
             .map(|s| format!("            {:?} => Some(Stage::{}),\n", s.key, s.rust_name))
@@ -252,6 +268,8 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
     let mut serve_methods = String::new();
     let mut fake_methods = String::new();
     let mut local_methods = String::new();
+    let mut site_fields = String::new();
+    let mut site_init = String::new();
     for m in &service.methods {
         let doc = m
             .comments
@@ -260,25 +278,38 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
             .map(|l| format!("    ///{l}\n"))
             .collect::<String>();
         let _ = writeln!(trait_methods, "{doc}    {};", sig(m));
+        let site = format!("site_{}", m.name);
+        let _ = writeln!(site_fields, "    {site}: {rt}::observe::Site,");
+        let _ = writeln!(
+            site_init,
+            "            {site}: {rt}::observe::Site::new({rt}::observe::Side::SIDE, BINDING, Stage::{name}.caller(), Stage::{name}, {:?}),",
+            m.proto_name
+        );
         let _ = writeln!(
             remote_methods,
-            "    {} {{\n        let mut client = self.client.clone();\n        \
-             let request = {rt}::context::outbound(request)?;\n        client.{}(request).await.map_err(|status| self.target.status(status))\n    }}",
+            "    {} {{\n        let limits = self.balancer.limits();\n        \
+             {rt}::observe::call(&self.{site}, request, |request| self.balancer.call(request, move |channel, request| async move {{\n            \
+             {pb}::{snake}_client::{name}Client::new(channel)\n                \
+             .max_decoding_message_size(limits.max_recv_bytes)\n                \
+             .max_encoding_message_size(limits.max_send_bytes)\n                \
+             .{}(request)\n                \
+             .await\n        }}))\n        .await\n    }}",
             sig(m),
             m.name
         );
-        // Written out in async_trait's expanded form so that, without a
-        // deadline, the implementation's own boxed future is handed back:
-        // no second allocation, no extra poll layer.
+        // Written out in async_trait's expanded form: the observed call wraps
+        // the implementation's own boxed future, adding a timer only when
+        // the request carries a deadline.
         let _ = writeln!(
             local_methods,
             "    fn {m}<'life0, 'async_trait>(&'life0 self, request: tonic::Request<{i}>) -> \
              ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>>\n    \
              where 'life0: 'async_trait, Self: 'async_trait {{\n        \
-             match {rt}::context::deadline_ext(&request) {{\n            \
-             None => self.0.{m}(request),\n            \
-             Some(deadline) => Box::pin({rt}::context::within(Some(deadline), {key:?}, self.0.{m}(request))),\n        \
-             }}\n    }}",
+             Box::pin({rt}::observe::call(&self.{site}, request, move |request| -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>> {{\n            \
+             match {rt}::context::deadline_ext(&request) {{\n                \
+             None => self.imp.{m}(request),\n                \
+             Some(deadline) => Box::pin({rt}::context::within(Some(deadline), {key:?}, self.imp.{m}(request))),\n            \
+             }}\n        }}))\n    }}",
             m = m.name,
             i = ty(&m.input_type),
             o = ty(&m.output_type),
@@ -292,13 +323,21 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
         );
         let _ = writeln!(
             serve_methods,
-            "    {} {{\n        let request = {rt}::context::inbound(request)?;\n        let deadline = {rt}::context::server_deadline(&request);\n        {rt}::context::within(deadline, {:?}, self.0.{}(request)).await\n    }}",
+            "    {} {{\n        let default_deadline = self.default_deadline;\n        \
+             {rt}::observe::call(&self.{site}, request, move |request| async move {{\n            \
+             let request = {rt}::context::inbound(request, default_deadline)?;\n            \
+             let deadline = {rt}::context::server_deadline(&request);\n            \
+             {rt}::context::within(deadline, {:?}, self.imp.{}(request)).await\n        }})\n        .await\n    }}",
             sig(m),
             key,
             m.name
         );
     }
 
+    let remote_sites = site_fields.clone();
+    let client_init = site_init.replace("SIDE", "Client");
+    let remote_init = client_init.clone();
+    let server_init = site_init.replace("SIDE", "Server");
     let code = format!(
         r#"// ---- {full_name} ----
 
@@ -309,22 +348,20 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
 pub trait {name}: Send + Sync + 'static {{
 {trait_methods}}}
 
-/// `{name}` reached over gRPC through a tonic channel.
-#[derive(Clone)]
+/// `{name}` reached over gRPC: calls balanced by `balancer`, observed as
+/// binding `grpc` on the caller's side.
 pub struct {name}Remote {{
-    /// tonic's client; cloning it shares the underlying channel.
-    client: {pb}::{snake}_client::{name}Client<tonic::transport::Channel>,
-    /// Names the stage and endpoints in transport errors.
-    target: std::sync::Arc<{rt}::RemoteTarget>,
-}}
+    /// Picks the endpoint, retries what never left, maps transport errors.
+    balancer: std::sync::Arc<{rt}::Balancer>,
+{remote_sites}}}
 
 impl {name}Remote {{
-    /// Wraps `channel` for the remote described by `target`.
-    pub fn new(channel: tonic::transport::Channel, target: {rt}::RemoteTarget) -> Self {{
-        let client = {pb}::{snake}_client::{name}Client::new(channel)
-            .max_decoding_message_size(target.limits.max_recv_bytes)
-            .max_encoding_message_size(target.limits.max_send_bytes);
-        Self {{ client, target: std::sync::Arc::new(target) }}
+    /// The remote adapter over `balancer`.
+    pub fn new(balancer: std::sync::Arc<{rt}::Balancer>) -> Self {{
+        const BINDING: &str = "grpc";
+        Self {{
+            balancer,
+{remote_init}        }}
     }}
 }}
 
@@ -332,15 +369,46 @@ impl {name}Remote {{
 impl {name} for {name}Remote {{
 {remote_methods}}}
 
-/// `{name}` bound `local`: a plain call to the implementation, with the
-/// request's deadline enforced as the `grpc` binding enforces it.
-pub struct {name}Local(pub std::sync::Arc<dyn {name}>);
+/// `{name}` bound `local`: a plain call to the implementation, observed as
+/// binding `local`, with the request's deadline enforced as the `grpc`
+/// binding enforces it.
+pub struct {name}Local {{
+    /// The implementation.
+    imp: std::sync::Arc<dyn {name}>,
+{site_fields}}}
+
+impl {name}Local {{
+    /// The local adapter over `imp`.
+    pub fn new(imp: std::sync::Arc<dyn {name}>) -> Self {{
+        const BINDING: &str = "local";
+        Self {{
+            imp,
+{client_init}        }}
+    }}
+}}
 
 impl {name} for {name}Local {{
 {local_methods}}}
 
-/// Exposes any `Arc<dyn {name}>` as tonic's generated server.
-pub struct {name}Serve(pub std::sync::Arc<dyn {name}>);
+/// Exposes any `Arc<dyn {name}>` as tonic's generated server, observed as
+/// the server side of binding `grpc`.
+pub struct {name}Serve {{
+    /// The implementation.
+    imp: std::sync::Arc<dyn {name}>,
+    /// The deadline of a request that arrives without `grpc-timeout`.
+    default_deadline: Option<std::time::Duration>,
+{site_fields}}}
+
+impl {name}Serve {{
+    /// The server adapter over `imp`.
+    pub fn new(imp: std::sync::Arc<dyn {name}>, default_deadline: Option<std::time::Duration>) -> Self {{
+        const BINDING: &str = "grpc";
+        Self {{
+            imp,
+            default_deadline,
+{server_init}        }}
+    }}
+}}
 
 #[{rt}::async_trait]
 impl {pb}::{snake}_server::{name} for {name}Serve {{
@@ -358,19 +426,19 @@ impl {rt}::Service for {name}Service {{
     type Api = dyn {name};
     const STAGE: Stage = Stage::{name};
 
-    fn remote(channel: tonic::transport::Channel, target: {rt}::RemoteTarget) -> std::sync::Arc<dyn {name}> {{
-        std::sync::Arc::new({name}Remote::new(channel, target))
+    fn remote(balancer: std::sync::Arc<{rt}::Balancer>) -> std::sync::Arc<dyn {name}> {{
+        std::sync::Arc::new({name}Remote::new(balancer))
     }}
 
     fn local(imp: std::sync::Arc<dyn {name}>) -> std::sync::Arc<dyn {name}> {{
-        std::sync::Arc::new({name}Local(imp))
+        std::sync::Arc::new({name}Local::new(imp))
     }}
 
-    fn add_routes(imp: std::sync::Arc<dyn {name}>, routes: &mut tonic::service::RoutesBuilder, limits: &{rt}::Limits) {{
+    fn add_routes(imp: std::sync::Arc<dyn {name}>, routes: &mut tonic::service::RoutesBuilder, options: &{rt}::ServeOptions) {{
         routes.add_service(
-            {pb}::{snake}_server::{name}Server::new({name}Serve(imp))
-                .max_decoding_message_size(limits.max_recv_bytes)
-                .max_encoding_message_size(limits.max_send_bytes),
+            {pb}::{snake}_server::{name}Server::new({name}Serve::new(imp, options.default_deadline))
+                .max_decoding_message_size(options.limits.max_recv_bytes)
+                .max_encoding_message_size(options.limits.max_send_bytes),
         );
     }}
 }}

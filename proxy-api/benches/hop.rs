@@ -144,7 +144,7 @@ fn hops(c: &mut Criterion) {
         let local_stub = local.recall().expect("local");
 
         let (l, addr) = listener().await;
-        let (routes, _) = local.routes(&Limits::default());
+        let (routes, _) = local.routes(&proxy_api::ServeOptions::default());
         tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)

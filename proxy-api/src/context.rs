@@ -164,10 +164,19 @@ pub fn outbound<T>(mut request: Request<T>) -> Result<Request<T>, Status> {
     Ok(request)
 }
 
-/// Server side of the `grpc` binding: turns `grpc-timeout` into a [`Deadline`]
-/// extension, so stage code reads the deadline the same way as in-process.
-pub fn inbound<T>(mut request: Request<T>) -> Result<Request<T>, Status> {
+/// Server side of the `grpc` binding: turns `grpc-timeout` (or, when absent,
+/// `default`) into a [`Deadline`] extension, so stage code reads the deadline
+/// the same way as in-process. A malformed `grpc-timeout` is INVALID_ARGUMENT.
+pub fn inbound<T>(
+    mut request: Request<T>,
+    default: Option<Duration>,
+) -> Result<Request<T>, Status> {
     let Some(raw) = request.metadata().get(GRPC_TIMEOUT) else {
+        if let Some(default) = default {
+            request
+                .extensions_mut()
+                .insert(Deadline(Instant::now() + default));
+        }
         return Ok(request);
     };
     let timeout = raw
@@ -244,7 +253,7 @@ mod tests {
         request
             .metadata_mut()
             .insert(GRPC_TIMEOUT, MetadataValue::from_static("soon"));
-        let err = inbound(request).expect_err("malformed");
+        let err = inbound(request, None).expect_err("malformed");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("grpc-timeout"));
     }

@@ -10,7 +10,11 @@
 //! - `slot`: the runtime behind a registry slot: [`Service`], [`Slot`], [`AnySlot`].
 //! - `registry`: binding remote slots from config, serving local slots, and
 //!   describing the topology.
-//! - `remote`: [`RemoteConfig`] and the tonic channel it builds.
+//! - `remote`: [`RemoteConfig`], how a `grpc` binding is configured.
+//! - `balance`: [`Balancer`]: endpoints (static or DNS), subsetting, power of
+//!   two choices, ejection, health probes, retries under a budget.
+//! - `observe`: the middleware every call goes through in both bindings:
+//!   Prometheus series, `tracing` spans, W3C trace context.
 //! - `context`: [`CallContext`]: request id, tenant, deadline and `x-` headers,
 //!   read identically under both bindings and forwarded hop to hop.
 //! - `timing`: [`SelfTimer`], a stage's own time excluding its downstream.
@@ -18,9 +22,11 @@
 //!   encodes so tests can prove the local binding never encodes.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
 
+mod balance;
 pub mod codec;
 pub mod context;
 mod error;
+pub mod observe;
 mod registry;
 mod remote;
 mod slot;
@@ -42,9 +48,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/feeds_descriptor.bin"));
 
 pub use async_trait::async_trait;
+pub use balance::{Balancer, subset};
 pub use context::CallContext;
 pub use error::{ConfigError, RegistryError};
-pub use registry::{Binding, Limits};
+pub use registry::{Binding, Limits, ServeOptions};
 pub use remote::RemoteConfig;
 pub use slot::{AnySlot, RemoteTarget, Service, Slot};
 pub use stages::*;

@@ -2,11 +2,13 @@
 //! serving the local implementations, describing the topology.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tonic::service::{Routes, RoutesBuilder};
 
-use crate::{ConfigError, Registry, RegistryError, RemoteConfig, RemoteTarget, Stage};
+use crate::{Balancer, ConfigError, Registry, RegistryError, RemoteConfig, Stage};
 
 /// Message size limits, for both the clients and the servers of this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,15 @@ impl Limits {
     }
 }
 
+/// What every server adapter of a process needs to know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Message size limits.
+    pub limits: Limits,
+    /// The deadline of a request that arrives without `grpc-timeout`.
+    pub default_deadline: Option<Duration>,
+}
+
 /// How one stage is reached from this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Binding {
@@ -69,33 +80,34 @@ impl fmt::Display for Binding {
 }
 
 impl Registry {
-    /// Binds `stage` to the remote `config` describes (a lazy channel: no
-    /// connection is made until the first call).
+    /// Binds `stage` to the remote `config` describes (connections are made
+    /// lazily, on the first call or health probe). Must run inside a tokio
+    /// runtime.
     pub fn bind_remote(
         &mut self,
         stage: Stage,
         config: &RemoteConfig,
         limits: Limits,
     ) -> Result<(), RegistryError> {
-        let channel = config.channel(&format!("remote.{}", stage.name()))?;
-        let target = RemoteTarget {
-            stage,
-            endpoints: config.endpoints.clone(),
-            limits,
-        };
+        let balancer = Balancer::new(stage, config, limits)?;
         self.slots_mut()
             .into_iter()
             .find(|slot| slot.stage() == stage)
             .ok_or_else(|| RegistryError::unbound(stage))?
-            .bind_remote(channel, target)
+            .bind_remote(balancer)
+    }
+
+    /// The balancers of every `grpc` binding, chain order.
+    pub fn balancers(&self) -> Vec<Arc<Balancer>> {
+        self.slots().iter().filter_map(|s| s.balancer()).collect()
     }
 
     /// tonic routes serving every locally bound stage, and the stages they serve.
-    pub fn routes(&self, limits: &Limits) -> (Routes, Vec<Stage>) {
+    pub fn routes(&self, options: &ServeOptions) -> (Routes, Vec<Stage>) {
         let mut builder = RoutesBuilder::default();
         let mut served = Vec::new();
         for slot in self.slots() {
-            if slot.add_routes(&mut builder, limits) {
+            if slot.add_routes(&mut builder, options) {
                 served.push(slot.stage());
             }
         }

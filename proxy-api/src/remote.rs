@@ -1,20 +1,40 @@
 //! How a `grpc` binding is configured, checked and turned into a channel.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::ConfigError;
 
 /// How callers in this process reach a stage it does not host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteConfig {
-    /// `http://host:port` URLs; more than one are balanced (power of two choices).
+    /// `http://host:port` (one endpoint) or `dns:///host:port` (every
+    /// address the name resolves to, re-resolved; a Kubernetes headless
+    /// Service). All of them are balanced with power of two choices.
     pub endpoints: Vec<String>,
     /// Bound on establishing a connection, so an unreachable stage fails fast.
     pub connect_timeout_ms: u64,
+    /// How often `dns:///` names are resolved again.
+    pub resolve_interval_ms: u64,
+    /// How often every endpoint's gRPC health is probed.
+    pub health_interval_ms: u64,
+    /// HTTP/2 keepalive ping interval on idle and busy connections; 0 turns it off.
+    pub keepalive_ms: u64,
+    /// How long a keepalive ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout_ms: u64,
+    /// Attempts per call, counting the first; only calls that never reached
+    /// a server are retried, on another endpoint. 1 turns retries off.
+    pub max_attempts: u32,
+    /// Retry budget (gRFC A6): tokens in the bucket; retries stop while it is
+    /// at or below half.
+    pub retry_budget_tokens: u32,
+    /// Tokens a successful call puts back.
+    pub retry_token_ratio: f64,
+    /// Deterministic subsetting: balance over this many of the endpoints
+    /// (0 = all of them).
+    pub subset_size: usize,
+    /// This client's subsetting id; default: a hash of the host name.
+    pub subset_client_id: Option<u64>,
 }
 
 impl Default for RemoteConfig {
@@ -22,6 +42,15 @@ impl Default for RemoteConfig {
         Self {
             endpoints: Vec::new(),
             connect_timeout_ms: 1_000,
+            resolve_interval_ms: 5_000,
+            health_interval_ms: 1_000,
+            keepalive_ms: 20_000,
+            keepalive_timeout_ms: 10_000,
+            max_attempts: 2,
+            retry_budget_tokens: 10,
+            retry_token_ratio: 0.1,
+            subset_size: 0,
+            subset_client_id: None,
         }
     }
 }
@@ -33,13 +62,38 @@ impl RemoteConfig {
         if self.endpoints.is_empty() {
             return Err(ConfigError::new(
                 format!("{prefix}.endpoints"),
-                "a remote stage needs at least one endpoint (http://host:port)",
+                "a remote stage needs at least one endpoint (http://host:port or dns:///host:port)",
             ));
         }
-        if self.connect_timeout_ms == 0 {
+        for (key, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("resolve_interval_ms", self.resolve_interval_ms),
+            ("health_interval_ms", self.health_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    format!("{prefix}.{key}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if !(1..=5).contains(&self.max_attempts) {
             return Err(ConfigError::new(
-                format!("{prefix}.connect_timeout_ms"),
+                format!("{prefix}.max_attempts"),
+                format!("{} is out of range 1..=5", self.max_attempts),
+            ));
+        }
+        if self.retry_budget_tokens == 0 {
+            return Err(ConfigError::new(
+                format!("{prefix}.retry_budget_tokens"),
                 "must be greater than 0",
+            ));
+        }
+        if !(self.retry_token_ratio > 0.0 && self.retry_token_ratio <= 1.0) {
+            return Err(ConfigError::new(
+                format!("{prefix}.retry_token_ratio"),
+                format!("{} is out of range (0, 1]", self.retry_token_ratio),
             ));
         }
         for (i, url) in self.endpoints.iter().enumerate() {
@@ -48,29 +102,23 @@ impl RemoteConfig {
         }
         Ok(())
     }
-
-    /// A lazily connecting channel over every endpoint. Must run inside a
-    /// tokio runtime (the balancer spawns its worker).
-    pub fn channel(&self, prefix: &str) -> Result<Channel, ConfigError> {
-        self.validate(prefix)?;
-        let timeout = Duration::from_millis(self.connect_timeout_ms);
-        let mut endpoints = Vec::with_capacity(self.endpoints.len());
-        for (i, url) in self.endpoints.iter().enumerate() {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| ConfigError::new(format!("{prefix}.endpoints[{i}]"), e.to_string()))?
-                .connect_timeout(timeout)
-                .tcp_nodelay(true);
-            endpoints.push(endpoint);
-        }
-        Ok(match endpoints.as_slice() {
-            [one] => one.connect_lazy(),
-            _ => Channel::balance_list(endpoints.into_iter()),
-        })
-    }
 }
 
-/// Accepts `http://host:port` with nothing after the authority but `/`.
+/// Accepts `http://host:port` with nothing after the authority but `/`, or
+/// `dns:///host:port`.
 fn check_endpoint(url: &str) -> Result<(), String> {
+    if let Some(rest) = url.strip_prefix("dns:///") {
+        return match rest.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "invalid endpoint URL {url:?}: expected dns:///host:port"
+            )),
+        };
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("invalid endpoint URL {url:?}: {e}"))?;
@@ -78,7 +126,7 @@ fn check_endpoint(url: &str) -> Result<(), String> {
         Some("http") => {}
         Some(other) => {
             return Err(format!(
-                "invalid endpoint URL {url:?}: scheme `{other}` is not supported (use http://)"
+                "invalid endpoint URL {url:?}: scheme `{other}` is not supported (use http:// or dns:///)"
             ));
         }
         None => {
@@ -125,6 +173,10 @@ mod tests {
             remote(&["http://split.feeds.svc:50051/"]).validate("remote.split"),
             Ok(())
         );
+        assert_eq!(
+            remote(&["dns:///feeds-split:50051"]).validate("remote.split"),
+            Ok(())
+        );
     }
 
     #[test]
@@ -137,6 +189,9 @@ mod tests {
             "https://h:1",
             "http://h:1/x",
             "not a url",
+            "dns://split:1",
+            "dns:///split",
+            "dns:///:1",
         ] {
             let err = remote(&["http://ok:1", bad])
                 .validate("remote.split")

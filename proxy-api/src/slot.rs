@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use tonic::service::RoutesBuilder;
-use tonic::transport::Channel;
 
-use crate::{Binding, Limits, RegistryError, Stage};
+use crate::{Balancer, Binding, RegistryError, ServeOptions, Stage};
 
 /// What the generator knows about one stage, so generic code can bind it.
 pub trait Service: 'static {
@@ -14,12 +13,12 @@ pub trait Service: 'static {
     type Api: ?Sized + Send + Sync + 'static;
     /// Which stage this is.
     const STAGE: Stage;
-    /// The remote adapter over `channel`.
-    fn remote(channel: Channel, target: RemoteTarget) -> Arc<Self::Api>;
+    /// The remote adapter over `balancer`.
+    fn remote(balancer: Arc<Balancer>) -> Arc<Self::Api>;
     /// The `local` binding of `imp`: the implementation, with deadlines enforced.
     fn local(imp: Arc<Self::Api>) -> Arc<Self::Api>;
     /// Adds the tonic server for `imp` to `routes`.
-    fn add_routes(imp: Arc<Self::Api>, routes: &mut RoutesBuilder, limits: &Limits);
+    fn add_routes(imp: Arc<Self::Api>, routes: &mut RoutesBuilder, options: &ServeOptions);
 }
 
 /// Where a remote stage lives; names it in every transport error.
@@ -30,7 +29,7 @@ pub struct RemoteTarget {
     /// The endpoints balanced over.
     pub endpoints: Vec<String>,
     /// Message size limits of the client.
-    pub limits: Limits,
+    pub limits: crate::Limits,
 }
 
 impl RemoteTarget {
@@ -85,7 +84,7 @@ enum State<T: ?Sized> {
     },
     Remote {
         stub: Arc<T>,
-        endpoints: Vec<String>,
+        balancer: Arc<Balancer>,
     },
 }
 
@@ -135,12 +134,14 @@ impl<S: Service> Slot<S> {
 pub trait AnySlot {
     /// The slot's stage.
     fn stage(&self) -> Stage;
-    /// Binds the slot to a remote over `channel`.
-    fn bind_remote(&mut self, channel: Channel, target: RemoteTarget) -> Result<(), RegistryError>;
+    /// Binds the slot to the remote `balancer` reaches.
+    fn bind_remote(&mut self, balancer: Arc<Balancer>) -> Result<(), RegistryError>;
     /// Adds the local implementation, if any, to `routes`; true if it did.
-    fn add_routes(&self, routes: &mut RoutesBuilder, limits: &Limits) -> bool;
+    fn add_routes(&self, routes: &mut RoutesBuilder, options: &ServeOptions) -> bool;
     /// How the slot is bound.
     fn binding(&self) -> Binding;
+    /// The balancer of a `grpc` binding.
+    fn balancer(&self) -> Option<Arc<Balancer>>;
 }
 
 impl<S: Service> AnySlot for Slot<S> {
@@ -148,20 +149,19 @@ impl<S: Service> AnySlot for Slot<S> {
         S::STAGE
     }
 
-    fn bind_remote(&mut self, channel: Channel, target: RemoteTarget) -> Result<(), RegistryError> {
+    fn bind_remote(&mut self, balancer: Arc<Balancer>) -> Result<(), RegistryError> {
         self.refuse_rebind("grpc")?;
-        let endpoints = target.endpoints.clone();
         self.state = State::Remote {
-            stub: S::remote(channel, target),
-            endpoints,
+            stub: S::remote(Arc::clone(&balancer)),
+            balancer,
         };
         Ok(())
     }
 
-    fn add_routes(&self, routes: &mut RoutesBuilder, limits: &Limits) -> bool {
+    fn add_routes(&self, routes: &mut RoutesBuilder, options: &ServeOptions) -> bool {
         match &self.state {
             State::Local { imp, .. } => {
-                S::add_routes(Arc::clone(imp), routes, limits);
+                S::add_routes(Arc::clone(imp), routes, options);
                 true
             }
             _ => false,
@@ -172,7 +172,14 @@ impl<S: Service> AnySlot for Slot<S> {
         match &self.state {
             State::Unbound => Binding::Unbound,
             State::Local { .. } => Binding::Local,
-            State::Remote { endpoints, .. } => Binding::Grpc(endpoints.clone()),
+            State::Remote { balancer, .. } => Binding::Grpc(balancer.endpoints().to_vec()),
+        }
+    }
+
+    fn balancer(&self) -> Option<Arc<Balancer>> {
+        match &self.state {
+            State::Remote { balancer, .. } => Some(Arc::clone(balancer)),
+            _ => None,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub process: ProcessConfig,
     /// How to reach each stage this process does not host, by stage name.
     pub remote: BTreeMap<String, RemoteConfig>,
+    /// Metrics endpoint, log format, trace export.
+    pub telemetry: TelemetryConfig,
     /// The generated catalogue the stages share.
     pub world: world::WorldConfig,
     /// The business stage.
@@ -56,6 +58,57 @@ pub struct ProcessConfig {
     /// Requests handled at once by this process; past it, new requests get
     /// RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
     pub max_concurrent_requests: usize,
+    /// Deadline of a request that arrives without `grpc-timeout`; 0 means none.
+    pub default_deadline_ms: u64,
+    /// HTTP/2 keepalive ping interval of the server; 0 turns it off.
+    pub keepalive_ms: u64,
+    /// How long a server keepalive ping may go unanswered.
+    pub keepalive_timeout_ms: u64,
+    /// Connections older than this are closed gracefully (GOAWAY), so
+    /// clients reconnect and spread over new replicas; 0 means never.
+    pub max_connection_age_ms: u64,
+}
+
+/// The `[telemetry]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`); empty turns it off.
+    pub metrics_listen: String,
+    /// `text` or `json` (one object per line, with the span's request id,
+    /// tenant and trace id).
+    pub log_format: LogFormat,
+    /// Which logs to keep, as `RUST_LOG` directives (`RUST_LOG` wins when set).
+    pub log_filter: String,
+    /// OTLP/gRPC collector to export spans to (`http://host:4317`); empty
+    /// turns export off.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans; empty means `feeds` plus the
+    /// hosted stages (`feeds-recall`), or `feeds` for all of them.
+    pub service_name: String,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: String::new(),
+            log_format: LogFormat::Text,
+            log_filter: "info,hnsw_rs=warn".into(),
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+        }
+    }
 }
 
 impl Default for ProcessConfig {
@@ -68,6 +121,10 @@ impl Default for ProcessConfig {
             drain_ms: 1_000,
             grace_ms: 10_000,
             max_concurrent_requests: 1_024,
+            default_deadline_ms: 5_000,
+            keepalive_ms: 20_000,
+            keepalive_timeout_ms: 10_000,
+            max_connection_age_ms: 300_000,
         }
     }
 }
@@ -81,6 +138,8 @@ pub struct Plan {
     pub hosted: Vec<Stage>,
     /// Remote stages and how to reach them, chain order.
     pub remotes: Vec<(Stage, RemoteConfig)>,
+    /// Parsed `telemetry.metrics_listen`, if set.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Plan {
@@ -177,6 +236,40 @@ impl Config {
                 format!("{} is out of range 1..=600000", self.process.grace_ms),
             ));
         }
+        if self.process.keepalive_ms > 0 && self.process.keepalive_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "process.keepalive_timeout_ms",
+                "must be greater than 0 when keepalive_ms is set",
+            ));
+        }
+        let metrics_listen = match self.telemetry.metrics_listen.as_str() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new(
+                    "telemetry.metrics_listen",
+                    format!("{text:?} is not host:port ({e})"),
+                )
+            })?),
+        };
+        if metrics_listen.is_some_and(|m| m.port() != 0 && m == listen) {
+            return Err(ConfigError::new(
+                "telemetry.metrics_listen",
+                "must differ from process.listen",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
+            return Err(ConfigError::new(
+                "telemetry.log_filter",
+                format!("{:?} is not a valid filter: {e}", self.telemetry.log_filter),
+            ));
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                format!("{otlp:?} is not an http:// or https:// URL"),
+            ));
+        }
         self.world
             .validate()
             .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
@@ -189,6 +282,7 @@ impl Config {
             listen,
             hosted,
             remotes,
+            metrics_listen,
         })
     }
 }

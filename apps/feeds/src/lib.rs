@@ -9,6 +9,7 @@
 //! - `wiring`: the only code that names concrete stage crates; builds the
 //!   [`proxy_api::Registry`] for a plan.
 //! - `serve`: `feeds serve`: bind, build, log the topology, serve with health.
+//! - `telemetry`: logs (text or JSON), OTLP span export, the metrics endpoint.
 //! - `query`: `feeds query`: one `GetFeed` call, printed as a table or JSON.
 //! - `echo`: `feeds echo`: the bare tonic chain `feeds bench` uses as a floor.
 //! - `eval`: `feeds eval`: quality against the world's hidden ground truth.
@@ -20,14 +21,17 @@ mod echo;
 mod eval;
 mod query;
 mod serve;
+pub mod telemetry;
 mod topology;
 mod wiring;
 
-pub use config::{Config, ENV_PREFIX, LoadError, Plan, ProcessConfig, figment, load};
+pub use config::{
+    Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, TelemetryConfig, figment, load,
+};
 pub use echo::run_echo;
 pub use eval::{EvalError, EvalReport, Quality, eval};
 pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
-pub use serve::{ServeError, bind, describe, run};
+pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run};
 pub use topology::{
     Launch, Member, NAMED, Running, TopologyError, is_serving, launch, resolve, start,
 };

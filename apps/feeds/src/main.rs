@@ -148,14 +148,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` sets up its logs from its config; every other command logs plainly.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        feeds::telemetry::init_default();
+    }
     match cli.command {
         Command::Serve {
             config,
@@ -402,8 +398,11 @@ fn serve(file: Option<PathBuf>, world: WorldArgs, print_config: bool) -> ExitCod
     }
     let result = runtime(config.process.worker_threads).and_then(|rt| {
         rt.block_on(async {
-            let listener = feeds::bind(&plan)?;
-            feeds::run(&config, &plan, listener, shutdown_signal()).await?;
+            let telemetry = feeds::telemetry::init(&config.telemetry, &plan)?;
+            let listeners = feeds::bind(&plan)?;
+            let result = feeds::run(&config, &plan, listeners, shutdown_signal()).await;
+            telemetry.shutdown();
+            result?;
             Ok(())
         })
     });

@@ -4,7 +4,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use proxy_api::{Binding, Stage};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use proxy_api::{Binding, ServeOptions, Stage};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -32,21 +35,61 @@ pub enum ServeError {
     /// An echo stage was given a bad `--next`.
     #[error("echo: {0}")]
     Echo(String),
+    /// `telemetry.metrics_listen` cannot be bound.
+    #[error("telemetry.metrics_listen: cannot listen on {addr}: {source}")]
+    MetricsBind {
+        /// The address from the config.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds `process.listen`, before anything else starts, so a busy port
-/// fails the process cleanly. Must run inside a tokio runtime.
-pub fn bind(plan: &Plan) -> Result<TcpListener, ServeError> {
+/// The sockets a process serves on, bound before anything else starts.
+pub struct Listeners {
+    /// `process.listen`: every hosted stage, health and reflection.
+    pub grpc: TcpListener,
+    /// `telemetry.metrics_listen`: `GET /metrics`.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// The health service name that says only "this process is up": SERVING
+/// from the moment the stages are built until the process exits, whatever
+/// its downstreams or a shutdown in progress. Liveness and startup probes
+/// use it; readiness uses `""`.
+pub const LIVENESS: &str = "liveness";
+
+/// Binds `process.listen` and `telemetry.metrics_listen`, before anything
+/// else starts, so a busy port fails the process cleanly. Must run inside a
+/// tokio runtime.
+pub fn bind(plan: &Plan) -> Result<Listeners, ServeError> {
     let err = |source| ServeError::Bind {
         addr: plan.listen,
         source,
     };
     let std = std::net::TcpListener::bind(plan.listen).map_err(err)?;
     std.set_nonblocking(true).map_err(err)?;
-    TcpListener::from_std(std).map_err(err)
+    let grpc = TcpListener::from_std(std).map_err(err)?;
+    let metrics = match plan.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            crate::telemetry::bind_metrics(addr)
+                .map_err(|source| ServeError::MetricsBind { addr, source })?,
+        ),
+    };
+    Ok(Listeners { grpc, metrics })
 }
 
 /// One line per stage: how this process reaches it.
@@ -80,29 +123,49 @@ fn size_limit_status(
     response
 }
 
-/// Hosts the stages `plan` names and serves them on `listener` until
+/// Hosts the stages `plan` names and serves them on `listeners` until
 /// `shutdown` resolves; in-flight calls finish before it returns.
+///
+/// Health: `""` and every served service are NOT_SERVING until every remote
+/// downstream has answered a health probe with SERVING, follow them after
+/// that (NOT_SERVING while one is unreachable, SERVING again when it is
+/// back), and are NOT_SERVING for good from the first shutdown signal.
+/// [`LIVENESS`] is SERVING from the moment the stages are built.
 pub async fn run(
     config: &Config,
     plan: &Plan,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        metrics,
+    } = listeners.into();
     let registry = wiring::build(config, plan)?;
     let listen = listener.local_addr().unwrap_or(plan.listen);
     for line in describe(&registry.topology(), listen) {
         tracing::info!(target: "feeds::topology", "{line}");
     }
-    let (routes, served) = registry.routes(&config.process.limits);
+    let options = ServeOptions {
+        limits: config.process.limits,
+        default_deadline: match config.process.default_deadline_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
+    };
+    let (routes, served) = registry.routes(&options);
     let (health, health_service) = tonic_health::server::health_reporter();
     let names: Vec<&'static str> = served
         .iter()
         .map(|s| s.service_name())
         .chain([""])
         .collect();
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     for name in &names {
         health
-            .set_service_status(*name, ServingStatus::Serving)
+            .set_service_status(*name, ServingStatus::NotServing)
             .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -111,6 +174,23 @@ pub async fn run(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     tracing::info!(%listen, services = ?names.iter().filter(|n| !n.is_empty()).collect::<Vec<_>>(), "serving");
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let readiness = tokio::spawn(follow_downstreams(
+        registry.balancers(),
+        health.clone(),
+        names.clone(),
+        Arc::clone(&draining),
+    ));
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::telemetry::serve_metrics(l, async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
 
     // Shutdown: NOT_SERVING, drain, stop accepting, finish in-flight work
     // within the grace period, then return regardless.
@@ -123,6 +203,7 @@ pub async fn run(
             drain_ms = drain.as_millis() as u64,
             "shutdown: NOT_SERVING, draining"
         );
+        draining.store(true, Ordering::SeqCst);
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::NotServing)
@@ -142,9 +223,16 @@ pub async fn run(
         0 => tokio::sync::Semaphore::MAX_PERMITS,
         n => n,
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(ms(config.process.keepalive_ms))
+        .http2_keepalive_timeout(ms(config.process.keepalive_timeout_ms));
+    if let Some(age) = ms(config.process.max_connection_age_ms) {
+        builder = builder.max_connection_age(age);
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = builder
         .load_shed(true)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
         .layer(tower::util::MapResponseLayer::new(size_limit_status))
@@ -152,10 +240,56 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, signal);
-    tokio::select! {
-        result = server => result?,
-        () = hard_stop => tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: grace period over, closing with requests in flight"),
+    let result = tokio::select! {
+        result = server => result.map_err(ServeError::from),
+        () = hard_stop => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: grace period over, closing with requests in flight");
+            Ok(())
+        }
+    };
+    readiness.abort();
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
+    result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps `names` SERVING exactly while every remote downstream is reachable
+/// and no shutdown has begun.
+async fn follow_downstreams(
+    balancers: Vec<Arc<proxy_api::Balancer>>,
+    health: tonic_health::server::HealthReporter,
+    names: Vec<&'static str>,
+    draining: Arc<AtomicBool>,
+) {
+    let mut serving = false;
+    loop {
+        let down: Vec<&'static str> = balancers
+            .iter()
+            .filter(|b| !b.reachable())
+            .map(|b| b.stage().name())
+            .collect();
+        let ready = down.is_empty() && !draining.load(Ordering::SeqCst);
+        if draining.load(Ordering::SeqCst) {
+            return;
+        }
+        if ready != serving {
+            let status = match ready {
+                true => ServingStatus::Serving,
+                false => ServingStatus::NotServing,
+            };
+            for name in &names {
+                health.set_service_status(*name, status).await;
+            }
+            match ready {
+                true => tracing::info!("ready: SERVING"),
+                false => tracing::warn!(unreachable = ?down, "not ready: NOT_SERVING"),
+            }
+            serving = ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -108,3 +108,29 @@ async fn expired_deadline_end_to_end() {
     }
     servers.stop().await;
 }
+
+#[tokio::test]
+async fn requests_without_a_deadline_get_the_default() {
+    let mut local = Registry::empty();
+    local.provide_recall(Arc::new(Slow)).expect("provide");
+    let options = proxy_api::ServeOptions {
+        default_deadline: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let (remote, server) = common::over_grpc_with(&local, Stage::Recall, options).await;
+    let started = Instant::now();
+    // No deadline on the request: the server's default ends it.
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        remote
+            .recall()
+            .expect("remote")
+            .recall(tonic::Request::new(pb::RecallRequest::default())),
+    )
+    .await
+    .expect("the default deadline must end the call")
+    .expect_err("the stage is too slow");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    server.abort();
+}

@@ -24,6 +24,7 @@ async fn unreachable_downstream_is_unavailable_and_named() {
         RemoteConfig {
             endpoints: vec![format!("http://{dead}")],
             connect_timeout_ms: 500,
+            ..RemoteConfig::default()
         },
     );
     let plan = config.validate().expect("valid");

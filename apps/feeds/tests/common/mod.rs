@@ -276,11 +276,20 @@ pub async fn over_grpc(
     local: &proxy_api::Registry,
     stage: Stage,
 ) -> (proxy_api::Registry, tokio::task::JoinHandle<()>) {
+    over_grpc_with(local, stage, proxy_api::ServeOptions::default()).await
+}
+
+/// As [`over_grpc`], with the server adapters built from `options`.
+pub async fn over_grpc_with(
+    local: &proxy_api::Registry,
+    stage: Stage,
+    options: proxy_api::ServeOptions,
+) -> (proxy_api::Registry, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (routes, served) = local.routes(&proxy_api::Limits::default());
+    let (routes, served) = local.routes(&options);
     assert!(served.contains(&stage), "{stage:?} is not bound local");
     let server = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -298,4 +307,160 @@ pub async fn over_grpc(
         .bind_remote(stage, &cfg, proxy_api::Limits::default())
         .expect("bind remote");
     (remote, server)
+}
+
+/// A loopback address nobody listens on (yet).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// A `feeds serve` OS process started from a TOML config; killed if dropped
+/// while still running.
+pub struct Proc {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `feeds serve --config <toml>` with the test world; stderr goes
+    /// to a file (see [`Proc::log`]).
+    pub fn start(name: &str, addr: SocketAddr, toml: &str) -> Proc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, toml).expect("write config");
+        let stderr = dir.path().join(format!("{name}.log"));
+        let child = std::process::Command::new(EXE)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .envs(test_env())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("log file"))
+            .spawn()
+            .expect("spawn feeds serve");
+        Proc {
+            name: name.to_owned(),
+            addr,
+            child,
+            _dir: dir,
+            stderr,
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The health status of `service` at `addr`; `None` if nothing answers.
+pub async fn health(addr: SocketAddr, service: &str) -> Option<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .ok()?;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(Duration::from_millis(500));
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner().status)
+}
+
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+
+/// Waits (bounded by `limit`) until `service` at `addr` reports `status`.
+pub async fn wait_health(addr: SocketAddr, service: &str, status: i32, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let now = health(addr, service).await;
+        if now == Some(status) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{addr} {service:?}: expected status {status}, still {now:?} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Business client for `addr`.
+pub async fn business(addr: SocketAddr) -> BusinessClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to business");
+    BusinessClient::new(channel)
+}
+
+/// `GET /metrics` from `addr`, as text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .expect("metrics answer in time")
+        .expect("read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of the sample whose line starts with `name{` and contains
+/// every one of `labels`; 0 when there is none.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

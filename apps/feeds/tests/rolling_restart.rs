@@ -1,0 +1,119 @@
+//! A stage with two replicas behind the `grpc` binding is restarted (SIGTERM,
+//! drain, exit, start again) under steady load: not one request fails.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Proc, SERVING, wait_health};
+use nix::sys::signal::Signal;
+
+fn replica(listen: SocketAddr, metrics: SocketAddr) -> String {
+    format!(
+        r#"
+[process]
+listen = "{listen}"
+host = ["recall"]
+drain_ms = 1000
+grace_ms = 5000
+
+[telemetry]
+metrics_listen = "{metrics}"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_one_replica_under_load_fails_nothing() {
+    let (front_addr, a, b) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let (a_metrics, b_metrics) = (common::free_addr(), common::free_addr());
+    let mut replica_a = Proc::start("recall-a", a, &replica(a, a_metrics));
+    let _replica_b = Proc::start("recall-b", b, &replica(b, b_metrics));
+    let front = Proc::start(
+        "front",
+        front_addr,
+        &format!(
+            r#"
+[process]
+listen = "{front_addr}"
+host = ["business", "split", "rerank", "finerank"]
+
+[remote.recall]
+endpoints = ["http://{a}", "http://{b}"]
+health_interval_ms = 200
+"#
+        ),
+    );
+    wait_health(front_addr, "", SERVING, Duration::from_secs(90)).await;
+    wait_health(a, "", SERVING, Duration::from_secs(90)).await;
+
+    // Steady load from four clients until told to stop (bounded by time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let cases = common::cases(20);
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let stop = Arc::clone(&stop);
+        let cases = cases.clone();
+        load.push(tokio::spawn(async move {
+            let mut client = common::business(front_addr).await;
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let started = Instant::now();
+            let mut i = worker;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let case = &cases[i % cases.len()];
+                match client.get_feed(common::request(case, i)).await {
+                    Ok(_) => ok += 1,
+                    Err(status) => failed.push(status),
+                }
+                i += 4;
+            }
+            (ok, failed)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    replica_a.signal(Signal::SIGTERM);
+    let status = replica_a.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "replica a exits 0 after SIGTERM: {status}"
+    );
+    let restarted = Proc::start("recall-a2", a, &replica(a, a_metrics));
+    wait_health(a, "", SERVING, Duration::from_secs(90)).await;
+    // Long enough for the balancer to see it healthy and send it traffic.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.expect("load task");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {:?}\n{}",
+        failed.len(),
+        ok as usize + failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>(),
+        front.log()
+    );
+    assert!(ok > 20, "only {ok} requests completed");
+    let served_again = common::sample(
+        &common::scrape(a_metrics).await,
+        "grpc_server_handled_total",
+        &["callee=\"recall\"", "grpc_code=\"OK\""],
+    );
+    assert!(
+        served_again > 0.0,
+        "the restarted replica takes traffic again"
+    );
+    drop(restarted);
+}

@@ -1,0 +1,502 @@
+//! The registry's middleware for metrics and traces. Every stage call goes
+//! through [`call`], whichever the binding: the generated `local` adapter,
+//! the `grpc` client adapter and the gRPC server adapter all wrap the call in
+//! it, so the series, the span names and the trace context are the same in
+//! both bindings. Stage code does none of this itself.
+//!
+//! Metrics follow the go-grpc-prometheus names: `grpc_client_handled_total`
+//! and `grpc_client_handling_seconds` for every call a process makes to a
+//! stage (local or over gRPC), `grpc_server_handled_total` and
+//! `grpc_server_handling_seconds` for every call that reached a process over
+//! the network. Each series carries `grpc_service`, `grpc_method`, `binding`
+//! (`local` or `grpc`), `caller` and `callee`; counters add `grpc_code`.
+//!
+//! Traces use W3C trace context: each call opens a span named `rpc` with
+//! `otel.name` = `feeds.v1.Recall/Recall` (the same in both bindings), takes
+//! the incoming `traceparent` as its parent, and rewrites `traceparent` so the
+//! callee's span is its child. A request that arrives with no (or a malformed)
+//! `traceparent` starts a new trace. When an OpenTelemetry layer is installed
+//! (see [`set_otel_enabled`]) the ids are the exporter's; otherwise they are
+//! made here, so logs carry a trace id either way.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::Stage;
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Duration buckets in seconds: from 100 µs (an in-process hop) to 10 s.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Label names of the counters (histograms drop `grpc_code`).
+const LABELS: [&str; 7] = [
+    "grpc_type",
+    "grpc_service",
+    "grpc_method",
+    "binding",
+    "caller",
+    "callee",
+    "grpc_code",
+];
+
+/// The process's metric families, registered once.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    client_handled: IntCounterVec,
+    client_seconds: HistogramVec,
+    server_handled: IntCounterVec,
+    server_seconds: HistogramVec,
+}
+
+fn build_metrics() -> Result<Metrics, prometheus::Error> {
+    let registry = prometheus::Registry::new();
+    let counter = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+        let c = IntCounterVec::new(Opts::new(name, help), &LABELS)?;
+        registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    };
+    let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
+        let h = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+            &LABELS[..6],
+        )?;
+        registry.register(Box::new(h.clone()))?;
+        Ok(h)
+    };
+    Ok(Metrics {
+        client_handled: counter(
+            "grpc_client_handled_total",
+            "Stage calls made by this process, local or over gRPC, by status code.",
+        )?,
+        client_seconds: histogram(
+            "grpc_client_handling_seconds",
+            "Duration of stage calls made by this process, until the answer came back.",
+        )?,
+        server_handled: counter(
+            "grpc_server_handled_total",
+            "Stage calls this process received over gRPC, by status code.",
+        )?,
+        server_seconds: histogram(
+            "grpc_server_handling_seconds",
+            "Duration of stage calls this process received over gRPC, until it answered.",
+        )?,
+        registry,
+    })
+}
+
+static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match build_metrics() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        tracing::error!("metrics unavailable: {e}");
+        None
+    }
+});
+
+/// Every series of this process in the Prometheus text format (0.0.4).
+pub fn render() -> String {
+    let Some(m) = METRICS.as_ref() else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&m.registry.gather(), &mut out) {
+        tracing::warn!("metrics encoding failed: {e}");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The Prometheus registry, for adding process-level collectors.
+pub fn registry() -> Option<&'static prometheus::Registry> {
+    METRICS.as_ref().map(|m| &m.registry)
+}
+
+static OTEL: AtomicBool = AtomicBool::new(false);
+
+/// Tells the middleware an OpenTelemetry layer is installed, so span and
+/// trace ids come from it (and are the ones exported).
+pub fn set_otel_enabled(enabled: bool) {
+    OTEL.store(enabled, Ordering::Relaxed);
+}
+
+/// Which end of a call a [`Site`] observes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The caller: every call through a registry slot.
+    Client,
+    /// The server adapter: a call that arrived over gRPC.
+    Server,
+}
+
+impl Side {
+    fn kind(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
+/// One method of one stage as seen from one place (an adapter): its labels,
+/// resolved once, and its span name.
+pub struct Site {
+    side: Side,
+    binding: &'static str,
+    caller: &'static str,
+    callee: Stage,
+    method: &'static str,
+    /// `feeds.v1.Recall/Recall`: the span's `otel.name`.
+    name: String,
+    /// The OK counter and the histogram, resolved once (the hot path).
+    ok: Option<IntCounter>,
+    seconds: Option<Histogram>,
+}
+
+impl Site {
+    /// The site for `callee.method` called by `caller` over `binding`.
+    pub fn new(
+        side: Side,
+        binding: &'static str,
+        caller: Option<Stage>,
+        callee: Stage,
+        method: &'static str,
+    ) -> Self {
+        let caller = caller.map_or("client", Stage::name);
+        let labels = [
+            "unary",
+            callee.service_name(),
+            method,
+            binding,
+            caller,
+            callee.name(),
+        ];
+        let family = METRICS.as_ref().map(|m| match side {
+            Side::Client => (&m.client_handled, &m.client_seconds),
+            Side::Server => (&m.server_handled, &m.server_seconds),
+        });
+        let ok = family.and_then(|(handled, _)| {
+            let mut with_code = labels.to_vec();
+            with_code.push("OK");
+            handled.get_metric_with_label_values(&with_code).ok()
+        });
+        let seconds =
+            family.and_then(|(_, seconds)| seconds.get_metric_with_label_values(&labels).ok());
+        Self {
+            side,
+            binding,
+            caller,
+            callee,
+            method,
+            name: format!("{}/{method}", callee.service_name()),
+            ok,
+            seconds,
+        }
+    }
+
+    fn record(&self, code: tonic::Code, started: Instant) {
+        if let Some(h) = &self.seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        if code == tonic::Code::Ok {
+            if let Some(c) = &self.ok {
+                c.inc();
+            }
+            return;
+        }
+        if let Some(m) = METRICS.as_ref() {
+            let handled = match self.side {
+                Side::Client => &m.client_handled,
+                Side::Server => &m.server_handled,
+            };
+            if let Ok(c) = handled.get_metric_with_label_values(&[
+                "unary",
+                self.callee.service_name(),
+                self.method,
+                self.binding,
+                self.caller,
+                self.callee.name(),
+                code_name(code),
+            ]) {
+                c.inc();
+            }
+        }
+    }
+
+    /// Opens the call's span, parented on the request's `traceparent`, and
+    /// rewrites that header so the callee's span is this span's child.
+    fn span<T>(&self, request: &mut Request<T>) -> tracing::Span {
+        let md = request.metadata();
+        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+        let parent = header(TRACEPARENT).and_then(TraceParent::parse);
+        let span = tracing::info_span!(
+            target: "feeds::rpc",
+            "rpc",
+            otel.name = %self.name,
+            otel.kind = self.side.kind(),
+            rpc.system = "grpc",
+            rpc.service = self.callee.service_name(),
+            rpc.method = self.method,
+            binding = self.binding,
+            caller = self.caller,
+            callee = self.callee.name(),
+            request_id = header(crate::context::REQUEST_ID).unwrap_or(""),
+            tenant = header(crate::context::TENANT).unwrap_or(""),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let own = if OTEL.load(Ordering::Relaxed) && !span.is_disabled() {
+            if let Some(p) = parent {
+                let remote = SpanContext::new(
+                    TraceId::from_bytes(p.trace_id.to_be_bytes()),
+                    SpanId::from_bytes(p.parent_id.to_be_bytes()),
+                    TraceFlags::new(p.flags),
+                    true,
+                    TraceState::default(),
+                );
+                let _ =
+                    span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+            }
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                TraceParent {
+                    trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+                    parent_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+                    flags: sc.trace_flags().to_u8(),
+                }
+            } else {
+                TraceParent::child_of(parent)
+            }
+        } else {
+            TraceParent::child_of(parent)
+        };
+        span.record(
+            "trace_id",
+            tracing::field::display(format_args!("{:032x}", own.trace_id)),
+        );
+        span.record(
+            "span_id",
+            tracing::field::display(format_args!("{:016x}", own.parent_id)),
+        );
+        if let Ok(value) = MetadataValue::try_from(own.to_string()) {
+            request.metadata_mut().insert(TRACEPARENT, value);
+        }
+        span
+    }
+}
+
+/// Runs one stage call under `site`: opens its span, passes the trace context
+/// on, counts it by status and times it.
+pub fn call<'a, M, R, F, Fut>(
+    site: &'a Site,
+    mut request: Request<M>,
+    f: F,
+) -> impl Future<Output = Result<Response<R>, Status>> + Send + 'a
+where
+    M: Send + 'a,
+    F: FnOnce(Request<M>) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Response<R>, Status>> + Send + 'a,
+{
+    let started = Instant::now();
+    let span = site.span(&mut request);
+    let fut = f(request);
+    async move {
+        let out = fut.instrument(span.clone()).await;
+        let code = match &out {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        site.record(code, started);
+        if code != tonic::Code::Ok {
+            span.in_scope(|| {
+                tracing::debug!(target: "feeds::rpc", code = code_name(code), "call failed");
+            });
+        }
+        out
+    }
+}
+
+/// go-grpc-prometheus spelling of a status code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// A parsed `traceparent` (version 00): trace id, parent span id, flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 128-bit trace id, never zero.
+    pub trace_id: u128,
+    /// 64-bit id of the span that is the parent of the next one, never zero.
+    pub parent_id: u64,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; `None` for anything else, or
+    /// for all-zero ids (which the spec calls invalid).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if version != "00"
+            || parts.next().is_some()
+            || !hex(trace, 32)
+            || !hex(parent, 16)
+            || !hex(flags, 2)
+        {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let parent_id = u64::from_str_radix(parent, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// A new span in `parent`'s trace, or the root of a new sampled trace.
+    pub fn child_of(parent: Option<TraceParent>) -> Self {
+        match parent {
+            Some(p) => Self {
+                parent_id: nonzero_u64(),
+                ..p
+            },
+            None => Self {
+                trace_id: (u128::from(nonzero_u64()) << 64) | u128::from(nonzero_u64()),
+                parent_id: nonzero_u64(),
+                flags: 1,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
+thread_local! {
+    /// xorshift64* state, seeded per thread from the OS-keyed hasher.
+    static RNG: Cell<u64> = Cell::new({
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
+        h.finish() | 1
+    });
+}
+
+/// A random, nonzero 64-bit number (per-thread xorshift64*).
+pub(crate) fn random_u64() -> u64 {
+    nonzero_u64()
+}
+
+fn nonzero_u64() -> u64 {
+    RNG.with(|s| {
+        loop {
+            let mut x = s.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            s.set(x);
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            if v != 0 {
+                return v;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trip_and_rejects() {
+        let s = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = TraceParent::parse(s).expect("valid");
+        assert_eq!(tp.to_string(), s);
+        let child = TraceParent::child_of(Some(tp));
+        assert_eq!(child.trace_id, tp.trace_id);
+        assert_ne!(child.parent_id, tp.parent_id);
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+        let root = TraceParent::child_of(None);
+        assert_ne!(root.trace_id, 0);
+        assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+    }
+
+    #[test]
+    fn sites_count_by_code() {
+        let site = Site::new(
+            Side::Client,
+            "local",
+            Some(Stage::Business),
+            Stage::Split,
+            "Split",
+        );
+        site.record(tonic::Code::Ok, Instant::now());
+        site.record(tonic::Code::NotFound, Instant::now());
+        let text = render();
+        assert!(text.contains("grpc_client_handled_total{binding=\"local\",callee=\"split\",caller=\"business\",grpc_code=\"OK\",grpc_method=\"Split\",grpc_service=\"feeds.v1.Split\",grpc_type=\"unary\"}"), "{text}");
+        assert!(text.contains("grpc_code=\"NotFound\""), "{text}");
+        assert!(
+            text.contains("grpc_client_handling_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
