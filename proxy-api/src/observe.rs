@@ -15,7 +15,9 @@
 //! `otel.name` = `feeds.v1.Recall/Recall` (the same in both bindings), takes
 //! the incoming `traceparent` as its parent, and rewrites `traceparent` so the
 //! callee's span is its child. A request that arrives with no (or a malformed)
-//! `traceparent` starts a new trace. When an OpenTelemetry layer is installed
+//! `traceparent` starts a new trace. When no subscriber records the span
+//! (none installed, or `feeds::rpc` filtered out) the header passes through
+//! untouched and no ids are made. When an OpenTelemetry layer is installed
 //! (see [`set_otel_enabled`]) the ids are the exporter's; otherwise they are
 //! made here, so logs carry a trace id either way.
 
@@ -261,7 +263,12 @@ impl Site {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        let own = if OTEL.load(Ordering::Relaxed) && !span.is_disabled() {
+        if span.is_disabled() {
+            // Nobody records spans (no subscriber, or `feeds::rpc` filtered
+            // out): the header passes through unchanged, at no cost.
+            return span;
+        }
+        let own = if OTEL.load(Ordering::Relaxed) {
             if let Some(p) = parent {
                 let remote = SpanContext::new(
                     TraceId::from_bytes(p.trace_id.to_be_bytes()),

@@ -1,7 +1,6 @@
 //! Request metadata (request id, tenant, deadline, `x-` headers) reaches the
 //! callee identically under the `local` and `grpc` bindings, and the chain
-//! forwards it hop to hop. `traceparent` keeps its trace id and names each
-//! hop's own span as the parent.
+//! forwards it hop to hop.
 
 mod common;
 
@@ -98,27 +97,10 @@ async fn callee_sees_the_same_context_in_both_bindings() {
     assert!(!via_local.headers.contains_key("authorization"));
     assert_eq!(via_local.request_id, via_grpc.request_id);
     assert_eq!(via_local.tenant, via_grpc.tenant);
-    // Each hop opens its own span, so `traceparent` keeps the trace id and
-    // names a new parent span; every other header is passed through as is.
-    let trace = |c: &CallContext| {
-        let tp = c.headers.get("traceparent").expect("traceparent forwarded");
-        let parsed = proxy_api::observe::TraceParent::parse(tp).expect("valid traceparent");
-        (parsed.trace_id, parsed.parent_id)
-    };
-    for seen in [via_local, via_grpc] {
-        let (trace_id, parent) = trace(seen);
-        assert_eq!(trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_ne!(
-            parent, 0x00f067aa0ba902b7,
-            "the callee's parent is the call's own span"
-        );
-    }
-    let without_trace = |c: &CallContext| {
-        let mut h = c.headers.clone();
-        h.remove("traceparent");
-        h
-    };
-    assert_eq!(without_trace(via_local), without_trace(via_grpc));
+    // No subscriber records spans in this test, so `traceparent` passes
+    // through as is (with one, each hop names its own span as the parent:
+    // see the traces test).
+    assert_eq!(via_local.headers, via_grpc.headers);
     assert_eq!(via_local.deadline, Some(deadline));
     let grpc_deadline = via_grpc.deadline.expect("deadline crossed the wire");
     // The wire carries the time left (to the microsecond), so the callee's
