@@ -331,6 +331,16 @@ impl Proc {
     /// Starts `feeds serve --config <toml>` with the test world; stderr goes
     /// to a file (see [`Proc::log`]).
     pub fn start(name: &str, addr: SocketAddr, toml: &str) -> Proc {
+        Self::start_with_env(name, addr, toml, &[])
+    }
+
+    /// As [`Proc::start`], with extra environment variables (config overrides).
+    pub fn start_with_env(
+        name: &str,
+        addr: SocketAddr,
+        toml: &str,
+        env: &[(String, String)],
+    ) -> Proc {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, toml).expect("write config");
@@ -340,6 +350,7 @@ impl Proc {
             .arg(&file)
             .envs(test_env())
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
