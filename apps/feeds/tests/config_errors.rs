@@ -115,6 +115,53 @@ fn invalid_stage_values() {
 }
 
 #[test]
+fn invalid_operations_values() {
+    assert_rejected(
+        "[telemetry]\nmetrics_listen = \"nowhere\"\n",
+        "telemetry.metrics_listen",
+    );
+    assert_rejected("[telemetry]\nlog_format = \"xml\"\n", "log_format");
+    assert_rejected(
+        "[telemetry]\notlp_endpoint = \"collector:4317\"\n",
+        "telemetry.otlp_endpoint",
+    );
+    assert_rejected(
+        "[telemetry]\nlog_filter = \"info,=[\"\n",
+        "telemetry.log_filter",
+    );
+    let front = "[process]\nhost = [\"business\", \"split\", \"rerank\", \"finerank\"]\n[remote.recall]\nendpoints = [\"dns:///recall:1\"]\n";
+    assert_rejected(
+        &format!("{front}max_attempts = 0\n"),
+        "remote.recall.max_attempts",
+    );
+    assert_rejected(
+        &format!("{front}retry_token_ratio = 2.0\n"),
+        "remote.recall.retry_token_ratio",
+    );
+    assert_rejected(
+        "[process]\nhost = [\"business\", \"split\", \"rerank\", \"finerank\"]\n[remote.recall]\nendpoints = [\"dns:///recall\"]\n",
+        "remote.recall.endpoints[0]",
+    );
+}
+
+#[test]
+fn metrics_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let (out, _) = serve_with(
+        &format!("[process]\nlisten = \"127.0.0.1:0\"\n[telemetry]\nmetrics_listen = \"{addr}\"\n"),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("telemetry.metrics_listen") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("serving"), "{stderr}");
+}
+
+#[test]
 fn listen_address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
