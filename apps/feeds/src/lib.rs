@@ -35,4 +35,4 @@ pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run};
 pub use topology::{
     Launch, Member, NAMED, Running, TopologyError, is_serving, launch, resolve, start,
 };
-pub use wiring::{WiringError, build, build_with, world};
+pub use wiring::{WiringError, build, build_with, index_dir, world};

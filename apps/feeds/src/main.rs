@@ -367,14 +367,26 @@ fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    match feeds::world(&config)
+    let result = feeds::world(&config)
         .map_err(anyhow::Error::from)
-        .and_then(|w| Ok(w.save(out)?))
-    {
-        Ok(()) => {
+        .and_then(|w| {
+            w.save(out)?;
             eprintln!("wrote the world to {}", out.display());
-            ExitCode::SUCCESS
-        }
+            // The recall index too, so serving these files needs no build.
+            let started = std::time::Instant::now();
+            let stage = recall::RecallStage::new(std::sync::Arc::new(w), config.recall.clone());
+            let built = started.elapsed().as_secs_f32();
+            let dir = feeds::index_dir(out);
+            stage.save_index(&dir)?;
+            eprintln!(
+                "wrote the recall index ({} shards, built in {built:.1} s) to {}",
+                config.recall.index_shards,
+                dir.display()
+            );
+            Ok(())
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
 }

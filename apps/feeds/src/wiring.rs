@@ -16,6 +16,9 @@ pub enum WiringError {
     /// The world files could not be loaded.
     #[error("world.dir: {0}")]
     World(#[from] world::FileError),
+    /// The saved ANN index next to the world files cannot be used.
+    #[error("world.dir: recall index {0}")]
+    Index(String),
     /// A stage refused its config or data.
     #[error("{stage}: {message}")]
     Stage {
@@ -51,6 +54,11 @@ pub fn world(config: &Config) -> Result<World, WiringError> {
 }
 
 use crate::config::{Config, Plan};
+
+/// Where the recall index lives next to a world's files.
+pub fn index_dir(world_dir: &std::path::Path) -> std::path::PathBuf {
+    world_dir.join("index")
+}
 
 /// Stages that read the catalogue; a process hosting none of them skips it.
 const READS_WORLD: [Stage; 4] = [
@@ -88,10 +96,19 @@ pub fn build_with(
     for stage in Stage::ALL.iter().rev().filter(|s| plan.hosts(**s)) {
         let started = std::time::Instant::now();
         match stage {
-            Stage::Recall => registry.provide_recall(Arc::new(recall::RecallStage::new(
-                world()?,
-                config.recall.clone(),
-            )))?,
+            Stage::Recall => {
+                let stage = match &config.world.dir {
+                    // Files next to the world: load the index saved there.
+                    Some(dir) => recall::RecallStage::with_index_dir(
+                        world()?,
+                        config.recall.clone(),
+                        &index_dir(std::path::Path::new(dir)),
+                    )
+                    .map_err(|e| WiringError::Index(e.to_string()))?,
+                    None => recall::RecallStage::new(world()?, config.recall.clone()),
+                };
+                registry.provide_recall(Arc::new(stage))?
+            }
             Stage::FineRank => {
                 let stage = finerank::FineRankStage::new(
                     world()?,

@@ -32,12 +32,40 @@ fn corrupt_world_and_model_files_are_named() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(model_dir.join("v1.json").is_file() && model_dir.join("v2.json").is_file());
 
-    // Print-config proves both load paths parse; a truncated embedding file
-    // must stop serve before it listens.
+    assert!(
+        world_dir.join("index/index.json").is_file(),
+        "the index is saved too"
+    );
+
     let bad = [
         ("FEEDS__WORLD__DIR", w),
         ("FEEDS__PROCESS__LISTEN", "127.0.0.1:0"),
     ];
+    // A damaged index file stops serve, naming it.
+    let graph = world_dir.join("index/shard-1.hnsw.graph");
+    let intact = std::fs::read(&graph).expect("graph");
+    let mut damaged = intact.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&graph, &damaged).expect("damage");
+    let out = feeds(&["serve"], &bad);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("shard-1.hnsw.graph"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("serving"), "{}", stderr(&out));
+    std::fs::write(&graph, &intact).expect("restore");
+    // An index built with other parameters is refused, naming its manifest.
+    let out = feeds(
+        &["serve"],
+        &[bad[0], bad[1], ("FEEDS__RECALL__INDEX_SHARDS", "3")],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("index.json"), "{}", stderr(&out));
+
+    // A truncated embedding file must stop serve before it listens.
     std::fs::write(world_dir.join("item_embeddings.f32"), [0u8; 12]).expect("truncate");
     let out = feeds(&["serve"], &bad);
     assert!(!out.status.success());

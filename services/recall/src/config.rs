@@ -21,6 +21,10 @@ pub struct Config {
     pub hnsw_ef_construction: u32,
     /// HNSW candidate list while searching.
     pub hnsw_ef_search: u32,
+    /// Independent HNSW graphs the items are dealt into: built side by side
+    /// (one thread each), all searched per query. Part of what makes the
+    /// index, so every process of a deployment must agree on it.
+    pub index_shards: u32,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             hnsw_m: 10,
             hnsw_ef_construction: 40,
             hnsw_ef_search: 128,
+            index_shards: 2,
         }
     }
 }
@@ -58,6 +63,7 @@ impl Config {
                 2_000,
             ),
             ("recall.hnsw_ef_search", self.hnsw_ef_search, 8, 10_000),
+            ("recall.index_shards", self.index_shards, 1, 64),
         ];
         for (key, v, min, max) in ranges {
             if !(min..=max).contains(&v) {

@@ -1,10 +1,23 @@
 //! The ANN index over item embeddings (HNSW, from the `hnsw_rs` crate).
 //!
-//! Built by inserting items one at a time in id order: `hnsw_rs` draws layer
-//! levels from a fixed-seed generator, so the same world always gives the
-//! same graph, and a recall pod answers exactly as the monolith does.
+//! The items are dealt into `shards` (item `i` goes to shard `i % shards`);
+//! each shard is its own HNSW graph, built by inserting its items one at a
+//! time in id order. `hnsw_rs` draws layer levels from a fixed-seed
+//! generator, so the same world and parameters always give the same graphs,
+//! and a recall pod answers exactly as the monolith does. The shards are
+//! built side by side, one thread each (up to the cores there are), which is
+//! what makes start-up fast; a search asks every shard and merges.
+//!
+//! A built index can be written next to the world files ([`AnnIndex::save`])
+//! and loaded back ([`AnnIndex::load`]): large catalogues are built once,
+//! offline, by `feeds world --out`.
 
+use std::path::{Path, PathBuf};
+
+use hnsw_rs::api::AnnT as _;
+use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{Distance, Hnsw};
+use serde::{Deserialize, Serialize};
 use world::World;
 
 /// `1 - a.b` for unit vectors, clamped at 0. (`anndists`' `DistDot` asserts
@@ -19,7 +32,7 @@ impl Distance<f32> for UnitDot {
 }
 
 /// HNSW graph parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexParams {
     /// Links per node.
     pub m: usize,
@@ -27,29 +40,268 @@ pub struct IndexParams {
     pub ef_construction: usize,
     /// Candidate list size while searching (raised to k when k is larger).
     pub ef_search: usize,
+    /// Independent graphs the items are dealt into.
+    pub shards: usize,
+}
+
+/// What a saved index was built from; loading checks it against the world
+/// and the config, so a stale index is never served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    items: usize,
+    dims: usize,
+    m: usize,
+    ef_construction: usize,
+    shards: usize,
+    /// Every file of the index with its length and XXH3-64 checksum, so a
+    /// damaged file is refused before the graph loader reads it.
+    #[serde(default)]
+    files: Vec<FileSum>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FileSum {
+    name: String,
+    len: u64,
+    xxh3: String,
+}
+
+fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    Ok(FileSum {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        len: bytes.len() as u64,
+        xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+    })
+}
+
+const FORMAT: u32 = 1;
+/// The manifest's file name inside an index directory.
+pub const MANIFEST: &str = "index.json";
+
+/// A saved index that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct IndexFileError {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> IndexFileError {
+    IndexFileError {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
 }
 
 /// Nearest items by embedding (dot product of unit vectors).
 pub struct AnnIndex {
-    /// The graph; owns a copy of every vector.
-    hnsw: Hnsw<'static, f32, UnitDot>,
+    /// One graph per shard; each owns a copy of its vectors.
+    shards: Vec<Hnsw<'static, f32, UnitDot>>,
     /// Search-time candidate list size.
     ef_search: usize,
 }
 
+/// Layers of every graph: hnsw_rs's maximum, which its file format requires.
+/// (Levels are drawn with scale 1/ln(m), so the upper ones stay empty on
+/// small shards.)
+const LAYERS: usize = 16;
+
 impl AnnIndex {
-    /// Indexes every item embedding of `world`.
+    /// Indexes every item embedding of `world`, one thread per shard.
     pub fn build(world: &World, params: IndexParams) -> Self {
-        let n = world.len();
-        let layers = 16.min(((n.max(2)) as f32).ln().ceil() as usize);
-        let hnsw = Hnsw::new(params.m, n, layers, params.ef_construction, UnitDot);
-        for (id, embedding) in world.item_embeddings().chunks(world.dims()).enumerate() {
-            hnsw.insert((embedding, id));
+        let shards = params.shards.max(1);
+        let dims = world.dims();
+        let embeddings = world.item_embeddings();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let build_one = |shard: usize| {
+            let ids: Vec<usize> = (shard..world.len()).step_by(shards).collect();
+            let hnsw = Hnsw::new(params.m, ids.len(), LAYERS, params.ef_construction, UnitDot);
+            for id in ids {
+                hnsw.insert((&embeddings[id * dims..(id + 1) * dims], id));
+            }
+            hnsw
+        };
+        // Shards are independent; build `threads` of them at a time.
+        let mut built: Vec<Option<Hnsw<'static, f32, UnitDot>>> =
+            (0..shards).map(|_| None).collect();
+        for wave in (0..shards).collect::<Vec<_>>().chunks(threads.max(1)) {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&shard| (shard, scope.spawn(move || build_one(shard))))
+                    .collect();
+                for (shard, handle) in handles {
+                    // A panic inside hnsw_rs is a bug there; rebuild on this
+                    // thread rather than lose the shard.
+                    built[shard] = Some(handle.join().unwrap_or_else(|_| build_one(shard)));
+                }
+            });
         }
         Self {
-            hnsw,
+            shards: built.into_iter().flatten().collect(),
             ef_search: params.ef_search,
         }
+    }
+
+    /// Writes the index into `dir` (created if needed): one graph and one
+    /// data file per shard, and a manifest.
+    pub fn save(
+        &self,
+        dir: &Path,
+        world: &World,
+        params: IndexParams,
+    ) -> Result<(), IndexFileError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        for (i, shard) in self.shards.iter().enumerate() {
+            let base = format!("shard-{i}");
+            for ext in ["hnsw.graph", "hnsw.data"] {
+                let path = dir.join(format!("{base}.{ext}"));
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(|e| file_err(&path, e))?;
+                }
+            }
+            let written = shard
+                .file_dump(dir, &base)
+                .map_err(|e| file_err(&dir.join(&base), e))?;
+            if written != base {
+                return Err(file_err(
+                    &dir.join(&base),
+                    format!("written as {written:?} instead"),
+                ));
+            }
+        }
+        let mut files = Vec::new();
+        for i in 0..self.shards.len() {
+            for ext in ["hnsw.graph", "hnsw.data"] {
+                files.push(checksum(&dir.join(format!("shard-{i}.{ext}")))?);
+            }
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            items: world.len(),
+            dims: world.dims(),
+            m: params.m,
+            ef_construction: params.ef_construction,
+            shards: self.shards.len(),
+            files,
+        };
+        let path = dir.join(MANIFEST);
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| file_err(&path, e))?;
+        std::fs::write(&path, text).map_err(|e| file_err(&path, e))
+    }
+
+    /// Loads an index saved by [`AnnIndex::save`] for this `world` and
+    /// `params`. `Ok(None)` when `dir` holds no index; an error naming the
+    /// file when it holds one that is unreadable or was built for another
+    /// world or other parameters.
+    pub fn load(
+        dir: &Path,
+        world: &World,
+        params: IndexParams,
+    ) -> Result<Option<Self>, IndexFileError> {
+        let path = dir.join(MANIFEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+        let want = Manifest {
+            format: FORMAT,
+            items: world.len(),
+            dims: world.dims(),
+            m: params.m,
+            ef_construction: params.ef_construction,
+            shards: params.shards.max(1),
+            files: manifest.files.clone(),
+        };
+        if manifest != want {
+            return Err(file_err(
+                &path,
+                format!(
+                    "built for {manifest:?}, but the world and recall config ask for {want:?}; \
+                     rebuild it with `feeds world --out` or remove the directory"
+                ),
+            ));
+        }
+        if manifest.files.len() != 2 * want.shards {
+            return Err(file_err(
+                &path,
+                format!(
+                    "lists {} files, expected {}",
+                    manifest.files.len(),
+                    2 * want.shards
+                ),
+            ));
+        }
+        for sum in &manifest.files {
+            let file = dir.join(&sum.name);
+            if !file.exists() {
+                return Err(file_err(&file, "missing"));
+            }
+            let actual = checksum(&file)?;
+            if actual != *sum {
+                return Err(file_err(
+                    &file,
+                    format!(
+                        "damaged: {} bytes with checksum {}, the manifest says {} bytes with {}",
+                        actual.len, actual.xxh3, sum.len, sum.xxh3
+                    ),
+                ));
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let load_one = |i: usize| -> Result<Hnsw<'static, f32, UnitDot>, IndexFileError> {
+            let base = format!("shard-{i}");
+            let graph = dir.join(format!("{base}.hnsw.graph"));
+            // The loaded graph borrows its loader for its whole life; the
+            // index lives as long as the process, so the loader does too.
+            let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, &base)));
+            let hnsw: Hnsw<'static, f32, UnitDot> = io
+                .load_hnsw::<f32, UnitDot>()
+                .map_err(|e| file_err(&graph, format!("cannot load: {e}")))?;
+            let expected = (i..world.len()).step_by(want.shards).count();
+            if hnsw.get_nb_point() != expected {
+                return Err(file_err(
+                    &graph,
+                    format!("holds {} points, expected {expected}", hnsw.get_nb_point()),
+                ));
+            }
+            Ok(hnsw)
+        };
+        let mut shards = Vec::with_capacity(want.shards);
+        for wave in (0..want.shards).collect::<Vec<_>>().chunks(threads.max(1)) {
+            let loaded: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&i| (i, scope.spawn(move || load_one(i))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(i, h)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(file_err(
+                                &dir.join(format!("shard-{i}.hnsw.graph")),
+                                "the graph loader failed on this file",
+                            ))
+                        })
+                    })
+                    .collect()
+            });
+            for shard in loaded {
+                shards.push(shard?);
+            }
+        }
+        Ok(Some(Self {
+            shards,
+            ef_search: params.ef_search,
+        }))
     }
 
     /// Up to `k` items nearest `query` (a unit vector), nearest first, with
@@ -58,14 +310,16 @@ impl AnnIndex {
         if k == 0 {
             return Vec::new();
         }
+        let ef = self.ef_search.max(k);
         let mut found: Vec<(u64, f32)> = self
-            .hnsw
-            .search(query, k, self.ef_search.max(k))
-            .into_iter()
+            .shards
+            .iter()
+            .flat_map(|shard| shard.search(query, k, ef))
             .map(|n| (n.d_id as u64, 1.0 - n.distance))
             .collect();
         // Stable order for equal distances, so every process agrees.
         found.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        found.truncate(k);
         found
     }
 }
@@ -87,6 +341,7 @@ mod tests {
             m: 12,
             ef_construction: 64,
             ef_search: 64,
+            shards: 2,
         };
         let a = AnnIndex::build(&world, params);
         let b = AnnIndex::build(&world, params);
@@ -102,5 +357,35 @@ mod tests {
         let truth: std::collections::HashSet<u64> = exact.iter().take(20).map(|x| x.0).collect();
         let hits = got.iter().filter(|(i, _)| truth.contains(i)).count();
         assert!(hits >= 16, "recall@20 {hits}/20");
+
+        // Saved and loaded back, it answers the same.
+        let dir = tempfile::tempdir().expect("tempdir");
+        a.save(dir.path(), &world, params).expect("save");
+        let c = AnnIndex::load(dir.path(), &world, params)
+            .expect("load")
+            .expect("an index is there");
+        assert_eq!(c.nearest(q, 20), got);
+        // Another shard count is refused, naming the manifest.
+        let other = IndexParams {
+            shards: 3,
+            ..params
+        };
+        let err = AnnIndex::load(dir.path(), &world, other)
+            .err()
+            .expect("mismatch");
+        assert!(err.path.ends_with(MANIFEST), "{err}");
+        // A truncated graph file is refused, naming it.
+        let graph = dir.path().join("shard-1.hnsw.graph");
+        let bytes = std::fs::read(&graph).expect("graph");
+        std::fs::write(&graph, &bytes[..bytes.len() / 2]).expect("truncate");
+        let err = AnnIndex::load(dir.path(), &world, params)
+            .err()
+            .expect("corrupt");
+        assert!(err.path.ends_with("shard-1.hnsw.graph"), "{err}");
+        assert!(
+            AnnIndex::load(&dir.path().join("none"), &world, params)
+                .expect("no index")
+                .is_none()
+        );
     }
 }

@@ -13,5 +13,5 @@ mod stage;
 
 pub use config::Config;
 pub use error::Error;
-pub use index::{AnnIndex, IndexParams};
+pub use index::{AnnIndex, IndexFileError, IndexParams};
 pub use stage::{Candidate, Channel, Query, RecallStage};

@@ -56,6 +56,15 @@ pub struct Candidate {
     pub channel: Channel,
 }
 
+fn index_params(config: &Config) -> IndexParams {
+    IndexParams {
+        m: config.hnsw_m as usize,
+        ef_construction: config.hnsw_ef_construction as usize,
+        ef_search: config.hnsw_ef_search as usize,
+        shards: config.index_shards as usize,
+    }
+}
+
 /// The recall stage.
 pub struct RecallStage {
     /// The shared catalogue.
@@ -72,12 +81,43 @@ impl RecallStage {
     /// A recall stage over `world`; builds the ANN index (seconds for the
     /// default world).
     pub fn new(world: Arc<World>, config: Config) -> Self {
-        let params = IndexParams {
-            m: config.hnsw_m as usize,
-            ef_construction: config.hnsw_ef_construction as usize,
-            ef_search: config.hnsw_ef_search as usize,
+        let index = AnnIndex::build(&world, index_params(&config));
+        Self::with_index(world, config, index)
+    }
+
+    /// A recall stage over `world` whose index is loaded from `dir` when it
+    /// holds one (see [`RecallStage::save_index`]) and built otherwise. A
+    /// saved index that is unreadable or made for another world or other
+    /// parameters is an error naming the file.
+    pub fn with_index_dir(
+        world: Arc<World>,
+        config: Config,
+        dir: &std::path::Path,
+    ) -> Result<Self, crate::IndexFileError> {
+        let params = index_params(&config);
+        let started = std::time::Instant::now();
+        let index = match AnnIndex::load(dir, &world, params)? {
+            Some(index) => {
+                tracing::info!(
+                    dir = %dir.display(),
+                    shards = params.shards,
+                    seconds = started.elapsed().as_secs_f32(),
+                    "recall index loaded"
+                );
+                index
+            }
+            None => AnnIndex::build(&world, params),
         };
-        let index = AnnIndex::build(&world, params);
+        Ok(Self::with_index(world, config, index))
+    }
+
+    /// Writes this stage's index into `dir`, for [`RecallStage::with_index_dir`].
+    pub fn save_index(&self, dir: &std::path::Path) -> Result<(), crate::IndexFileError> {
+        self.index
+            .save(dir, &self.world, index_params(&self.config))
+    }
+
+    fn with_index(world: Arc<World>, config: Config, index: AnnIndex) -> Self {
         Self {
             world,
             config,
