@@ -68,14 +68,26 @@ struct FileSum {
 }
 
 fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| file_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
     Ok(FileSum {
         name: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        len: bytes.len() as u64,
-        xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        len,
+        xxh3: format!("{:016x}", hasher.digest()),
     })
 }
 
@@ -310,11 +322,20 @@ impl AnnIndex {
         if k == 0 {
             return Vec::new();
         }
-        let ef = self.ef_search.max(k);
+        // Items are dealt to shards at random with respect to any query, so
+        // each shard holds about k / shards of the true top k: asking each
+        // for a quarter more than its share (plus a margin) keeps the merged
+        // answer while the total work stays near one search of the whole.
+        let shards = self.shards.len();
+        let per_shard = match shards {
+            1 => k,
+            n => k.min((k * 5).div_ceil(4 * n) + 8),
+        };
+        let ef = self.ef_search.max(per_shard);
         let mut found: Vec<(u64, f32)> = self
             .shards
             .iter()
-            .flat_map(|shard| shard.search(query, k, ef))
+            .flat_map(|shard| shard.search(query, per_shard, ef))
             .map(|n| (n.d_id as u64, 1.0 - n.distance))
             .collect();
         // Stable order for equal distances, so every process agrees.
