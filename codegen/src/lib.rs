@@ -299,17 +299,22 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
         );
         // Written out in async_trait's expanded form: the observed call wraps
         // the implementation's own boxed future, adding a timer only when
-        // the request carries a deadline.
+        // the request carries a deadline; with local observation off and no
+        // deadline, the implementation's own future is handed back as is.
         let _ = writeln!(
             local_methods,
             "    fn {m}<'life0, 'async_trait>(&'life0 self, request: tonic::Request<{i}>) -> \
              ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>>\n    \
              where 'life0: 'async_trait, Self: 'async_trait {{\n        \
-             Box::pin({rt}::observe::call(&self.{site}, request, move |request| -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>> {{\n            \
+             let call = move |request: tonic::Request<{i}>| -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>> {{\n            \
              match {rt}::context::deadline_ext(&request) {{\n                \
              None => self.imp.{m}(request),\n                \
              Some(deadline) => Box::pin({rt}::context::within(Some(deadline), {key:?}, self.imp.{m}(request))),\n            \
-             }}\n        }}))\n    }}",
+             }}\n        }};\n        \
+             match {rt}::observe::local_calls_observed() {{\n            \
+             true => Box::pin({rt}::observe::call(&self.{site}, request, call)),\n            \
+             false => call(request),\n        \
+             }}\n    }}",
             m = m.name,
             i = ty(&m.input_type),
             o = ty(&m.output_type),

@@ -182,9 +182,13 @@ fn hops(c: &mut Criterion) {
     });
 
     let (direct_allocs, local_allocs) = allocations_per_call(&rt, &local_stub);
+    proxy_api::observe::set_local_calls_observed(false);
+    let (_, unobserved_allocs) = allocations_per_call(&rt, &local_stub);
+    proxy_api::observe::set_local_calls_observed(true);
     println!(
-        "allocations per call (excluding building the request): direct {direct_allocs:.2}, local {local_allocs:.2}, local adds {:.2}",
-        local_allocs - direct_allocs
+        "allocations per call (excluding building the request): direct {direct_allocs:.2}, local {local_allocs:.2} (adds {:.2}), local unobserved {unobserved_allocs:.2} (adds {:.2})",
+        local_allocs - direct_allocs,
+        unobserved_allocs - direct_allocs
     );
 
     let mut group = c.benchmark_group("hop");
@@ -209,6 +213,20 @@ fn hops(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        // The binding alone: local calls not observed (no metrics, no span).
+        proxy_api::observe::set_local_calls_observed(false);
+        group.bench_with_input(
+            BenchmarkId::new("local_unobserved", format!("{kb}KB")),
+            &kb,
+            |b, _| {
+                b.to_async(&rt).iter_batched(
+                    req,
+                    |r| async { black_box(local_stub.recall(r).await) },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        proxy_api::observe::set_local_calls_observed(true);
         group.bench_with_input(BenchmarkId::new("grpc", format!("{kb}KB")), &kb, |b, _| {
             b.to_async(&rt).iter_batched(
                 req,

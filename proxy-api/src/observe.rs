@@ -131,6 +131,20 @@ pub fn registry() -> Option<&'static prometheus::Registry> {
 }
 
 static OTEL: AtomicBool = AtomicBool::new(false);
+static LOCAL: AtomicBool = AtomicBool::new(true);
+
+/// Whether calls through `local` bindings are observed (counted, timed,
+/// traced): on by default. Off, a local hop is the bare in-process call
+/// (about 150 ns cheaper); gRPC calls are observed either way.
+pub fn set_local_calls_observed(observed: bool) {
+    LOCAL.store(observed, Ordering::Relaxed);
+}
+
+/// See [`set_local_calls_observed`].
+#[inline]
+pub fn local_calls_observed() -> bool {
+    LOCAL.load(Ordering::Relaxed)
+}
 
 /// Tells the middleware an OpenTelemetry layer is installed, so span and
 /// trace ids come from it (and are the ones exported).
@@ -244,10 +258,7 @@ impl Site {
     /// Opens the call's span, parented on the request's `traceparent`, and
     /// rewrites that header so the callee's span is this span's child.
     fn span<T>(&self, request: &mut Request<T>) -> tracing::Span {
-        let md = request.metadata();
-        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
-        let parent = header(TRACEPARENT).and_then(TraceParent::parse);
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "feeds::rpc",
             "rpc",
             otel.name = %self.name,
@@ -258,16 +269,25 @@ impl Site {
             binding = self.binding,
             caller = self.caller,
             callee = self.callee.name(),
-            request_id = header(crate::context::REQUEST_ID).unwrap_or(""),
-            tenant = header(crate::context::TENANT).unwrap_or(""),
+            request_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
         if span.is_disabled() {
             // Nobody records spans (no subscriber, or `feeds::rpc` filtered
-            // out): the header passes through unchanged, at no cost.
+            // out): no header is read or rewritten, at no cost.
             return span;
         }
+        let md = request.metadata();
+        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+        if let Some(id) = header(crate::context::REQUEST_ID) {
+            span.record("request_id", id);
+        }
+        if let Some(tenant) = header(crate::context::TENANT) {
+            span.record("tenant", tenant);
+        }
+        let parent = header(TRACEPARENT).and_then(TraceParent::parse);
         let own = if OTEL.load(Ordering::Relaxed) {
             if let Some(p) = parent {
                 let remote = SpanContext::new(
@@ -325,13 +345,18 @@ where
     let span = site.span(&mut request);
     let fut = f(request);
     async move {
-        let out = fut.instrument(span.clone()).await;
+        // With no subscriber recording the span (the default log filter),
+        // the call is awaited as it is: no span to enter on every poll.
+        let out = match span.is_disabled() {
+            true => fut.await,
+            false => fut.instrument(span.clone()).await,
+        };
         let code = match &out {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
         site.record(code, started);
-        if code != tonic::Code::Ok {
+        if code != tonic::Code::Ok && !span.is_disabled() {
             span.in_scope(|| {
                 tracing::debug!(target: "feeds::rpc", code = code_name(code), "call failed");
             });

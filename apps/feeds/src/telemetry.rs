@@ -85,12 +85,20 @@ pub fn init(config: &TelemetryConfig, plan: &Plan) -> anyhow::Result<TelemetryGu
             .build();
         let tracer = provider.tracer("feeds");
         guard.provider = Some(provider);
-        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        // The call spans are at debug level: exported whatever the log
+        // filter says, while the logs keep their own filter.
+        let export = EnvFilter::try_new("info,hnsw_rs=warn,feeds::rpc=debug")
+            .unwrap_or_else(|_| EnvFilter::new("info"));
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(export),
+        )
     };
+    proxy_api::observe::set_local_calls_observed(config.observe_local_calls);
     let enabled = otel.is_some();
     tracing_subscriber::registry()
-        .with(filter(config))
-        .with(fmt)
+        .with(fmt.with_filter(filter(config)))
         .with(otel)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))?;

@@ -55,7 +55,7 @@ fn bench_smoke_writes_a_complete_report() {
         assert_eq!(c["errors"].as_object().map(|e| e.len()), Some(0), "{c}");
     }
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 7, "{targets:?}");
+    assert_eq!(targets.len(), 8, "{targets:?}");
     assert!(
         json["rss"]
             .as_array()

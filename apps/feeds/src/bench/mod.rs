@@ -248,8 +248,11 @@ pub struct RssResult {
 pub struct LocalHop {
     /// A direct call to the stage implementation, ns.
     pub direct_ns: f64,
-    /// The same call through the registry's local binding, ns.
+    /// The same call through the registry's local binding, ns, with local
+    /// calls observed (metrics and spans: the default).
     pub local_ns: f64,
+    /// The same, with `telemetry.observe_local_calls = false`: the binding alone.
+    pub local_unobserved_ns: f64,
 }
 
 /// The topologies, with the processes each one starts.
@@ -610,14 +613,20 @@ async fn local_hop() -> LocalHop {
             start.elapsed().as_nanos() as f64 / f64::from(N)
         }
     };
-    // Interleave to spread any machine noise over both.
-    let (mut direct, mut local) = (Vec::new(), Vec::new());
+    // Interleave to spread any machine noise over all three.
+    let (mut direct, mut local, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let observed = proxy_api::observe::local_calls_observed();
     for _ in 0..5 {
         direct.push(time(false).await);
+        proxy_api::observe::set_local_calls_observed(true);
         local.push(time(true).await);
+        proxy_api::observe::set_local_calls_observed(false);
+        bare.push(time(true).await);
     }
+    proxy_api::observe::set_local_calls_observed(observed);
     LocalHop {
         direct_ns: Stat::of(direct).median,
         local_ns: Stat::of(local).median,
+        local_unobserved_ns: Stat::of(bare).median,
     }
 }
