@@ -90,7 +90,8 @@ KNOWN_KEYS = {
     "remote": {"endpoints", "connect_timeout_ms", "resolve_interval_ms", "health_interval_ms",
                "keepalive_ms", "keepalive_timeout_ms", "max_attempts", "retry_budget_tokens",
                "retry_token_ratio", "subset_size", "subset_client_id"},
-    "telemetry": {"metrics_listen", "log_format", "log_filter", "otlp_endpoint", "service_name"},
+    "telemetry": {"metrics_listen", "log_format", "log_filter", "otlp_endpoint", "service_name",
+                  "observe_local_calls"},
 }
 # Environment variables that would override what this script reads from the
 # TOML (the binary layers FEEDS__SECTION__KEY over the file).
