@@ -49,6 +49,22 @@ struct Backend {
     answered: AtomicBool,
 }
 
+/// One call in flight on a backend, for the power-of-two-choices load.
+struct InFlight<'a>(&'a Backend);
+
+impl<'a> InFlight<'a> {
+    fn start(backend: &'a Backend) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(backend)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 const FIRST_EJECTION: Duration = Duration::from_millis(250);
 const MAX_EJECTION: Duration = Duration::from_secs(30);
 
@@ -321,9 +337,12 @@ impl Balancer {
                 }
                 attempt.set_timeout(left);
             }
-            backend.in_flight.fetch_add(1, Ordering::Relaxed);
-            let out = send(backend.channel.clone(), attempt).await;
-            backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let out = {
+                // Counted until the call ends or is dropped (a caller's
+                // deadline can drop it mid-flight).
+                let _in_flight = InFlight::start(backend);
+                send(backend.channel.clone(), attempt).await
+            };
             match out {
                 Ok(response) => {
                     self.budget.success();
