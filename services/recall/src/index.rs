@@ -324,14 +324,16 @@ impl AnnIndex {
         }
         // Items are dealt to shards at random with respect to any query, so
         // each shard holds about k / shards of the true top k: asking each
-        // for a quarter more than its share (plus a margin) keeps the merged
-        // answer while the total work stays near one search of the whole.
+        // for a quarter more than its share (plus a margin), with the
+        // candidate list scaled the same way, keeps the merged answer while
+        // the total work stays near one search of the whole.
         let shards = self.shards.len();
-        let per_shard = match shards {
-            1 => k,
-            n => k.min((k * 5).div_ceil(4 * n) + 8),
+        let share = |n: usize| match shards {
+            1 => n,
+            s => n.min((n * 5).div_ceil(4 * s) + 8),
         };
-        let ef = self.ef_search.max(per_shard);
+        let per_shard = share(k);
+        let ef = share(self.ef_search).max(per_shard);
         let mut found: Vec<(u64, f32)> = self
             .shards
             .iter()
