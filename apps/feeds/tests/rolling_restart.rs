@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,47 +10,18 @@ use std::time::{Duration, Instant};
 use common::{Proc, SERVING, wait_health};
 use nix::sys::signal::Signal;
 
-fn replica(listen: SocketAddr, metrics: SocketAddr) -> String {
-    format!(
-        r#"
-[process]
-listen = "{listen}"
-host = ["recall"]
-drain_ms = 1000
-grace_ms = 5000
-
-[telemetry]
-metrics_listen = "{metrics}"
-"#
-    )
-}
+const REPLICA: &str = "drain_ms = 1000\ngrace_ms = 5000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_one_replica_under_load_fails_nothing() {
-    let (front_addr, a, b) = (
-        common::free_addr(),
-        common::free_addr(),
-        common::free_addr(),
-    );
-    let (a_metrics, b_metrics) = (common::free_addr(), common::free_addr());
-    let mut replica_a = Proc::start("recall-a", a, &replica(a, a_metrics));
-    let _replica_b = Proc::start("recall-b", b, &replica(b, b_metrics));
-    let front = Proc::start(
-        "front",
-        front_addr,
-        &format!(
-            r#"
-[process]
-listen = "{front_addr}"
-host = ["business", "split", "rerank", "finerank"]
-
-[remote.recall]
-endpoints = ["http://{a}", "http://{b}"]
-health_interval_ms = 200
-"#
-        ),
-    );
-    wait_health(front_addr, "", SERVING, Duration::from_secs(90)).await;
+    let common::TwoReplicas {
+        front,
+        a: mut replica_a,
+        b: _replica_b,
+        a_metrics,
+        ..
+    } = common::two_replicas(REPLICA).await;
+    let (front_addr, a) = (front.addr, replica_a.addr);
     wait_health(a, "", SERVING, Duration::from_secs(90)).await;
 
     // Steady load from four clients until told to stop (bounded by time).
@@ -85,7 +55,11 @@ health_interval_ms = 200
         status.success(),
         "replica a exits 0 after SIGTERM: {status}"
     );
-    let restarted = Proc::start("recall-a2", a, &replica(a, a_metrics));
+    let restarted = Proc::start(
+        "recall-a2",
+        a,
+        &common::recall_replica(a, a_metrics, REPLICA),
+    );
     wait_health(a, "", SERVING, Duration::from_secs(90)).await;
     // Long enough for the balancer to see it healthy and send it traffic.
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -106,11 +80,7 @@ health_interval_ms = 200
         front.log()
     );
     assert!(ok > 20, "only {ok} requests completed");
-    let served_again = common::sample(
-        &common::scrape(a_metrics).await,
-        "grpc_server_handled_total",
-        &["callee=\"recall\"", "grpc_code=\"OK\""],
-    );
+    let served_again = common::recall_served(a_metrics).await;
     assert!(
         served_again > 0.0,
         "the restarted replica takes traffic again"

@@ -475,3 +475,52 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Two recall replicas (`a`, `b`, each with a metrics endpoint) and a front
+/// process hosting the rest of the chain, balancing over both.
+pub struct TwoReplicas {
+    pub front: Proc,
+    pub a: Proc,
+    pub b: Proc,
+    pub a_metrics: SocketAddr,
+    pub b_metrics: SocketAddr,
+}
+
+/// The config of one recall replica; `process_extra` goes into `[process]`.
+pub fn recall_replica(listen: SocketAddr, metrics: SocketAddr, process_extra: &str) -> String {
+    format!(
+        "[process]\nlisten = \"{listen}\"\nhost = [\"recall\"]\n{process_extra}\n[telemetry]\nmetrics_listen = \"{metrics}\"\n"
+    )
+}
+
+/// Starts [`TwoReplicas`] and waits until the front is SERVING.
+pub async fn two_replicas(process_extra: &str) -> TwoReplicas {
+    let (front_addr, a, b) = (free_addr(), free_addr(), free_addr());
+    let (a_metrics, b_metrics) = (free_addr(), free_addr());
+    let a_proc = Proc::start("recall-a", a, &recall_replica(a, a_metrics, process_extra));
+    let b_proc = Proc::start("recall-b", b, &recall_replica(b, b_metrics, process_extra));
+    let front = Proc::start(
+        "front",
+        front_addr,
+        &format!(
+            "[process]\nlisten = \"{front_addr}\"\nhost = [\"business\", \"split\", \"rerank\", \"finerank\"]\n\n[remote.recall]\nendpoints = [\"http://{a}\", \"http://{b}\"]\nhealth_interval_ms = 200\n"
+        ),
+    );
+    wait_health(front_addr, "", SERVING, Duration::from_secs(90)).await;
+    TwoReplicas {
+        front,
+        a: a_proc,
+        b: b_proc,
+        a_metrics,
+        b_metrics,
+    }
+}
+
+/// Calls to recall a replica answered OK, from its `/metrics`.
+pub async fn recall_served(metrics: SocketAddr) -> f64 {
+    sample(
+        &scrape(metrics).await,
+        "grpc_server_handled_total",
+        &["callee=\"recall\"", "grpc_code=\"OK\""],
+    )
+}
