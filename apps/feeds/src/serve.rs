@@ -197,8 +197,11 @@ pub async fn run(
     let drain = Duration::from_millis(config.process.drain_ms);
     let grace = Duration::from_millis(config.process.grace_ms);
     let (draining_done, grace_started) = tokio::sync::oneshot::channel::<()>();
+    let stop_following = readiness.abort_handle();
     let signal = async move {
         shutdown.await;
+        // No readiness update may land after the NOT_SERVING below.
+        stop_following.abort();
         tracing::info!(
             drain_ms = drain.as_millis() as u64,
             "shutdown: NOT_SERVING, draining"
