@@ -885,6 +885,27 @@ def endpoint_matches(text):
             yield m
 
 
+def per_object(kind, label, edit):
+    """Variants that apply `edit(obj, docs)` to each object of `kind` in turn."""
+    def variants(docs):
+        for i, obj in enumerate(kinds(docs, kind)):
+            def f(ds, i=i):
+                edit(kinds(ds, kind)[i], ds)
+            yield f"{obj['metadata']['name']} {label}", f
+    return variants
+
+
+def per_toml(label, edit):
+    """Variants that replace each feeds TOML's text with `edit(text)` in turn."""
+    def variants(docs):
+        for i, (cm, _) in enumerate(toml_docs(docs)):
+            def f(ds, i=i):
+                cm2, k2 = list(toml_docs(ds))[i]
+                cm2["data"][k2] = edit(cm2["data"][k2])
+            yield f"{cm['metadata']['name']} {label}", f
+    return variants
+
+
 def mutate_endpoint_port(docs):
     for i, (cm, k) in enumerate(toml_docs(docs)):
         for m in endpoint_matches(cm["data"][k]):
@@ -961,26 +982,13 @@ def mutate_not_headless(docs):
             yield f"{svc['metadata']['name']} not headless", f
 
 
-def mutate_short_grace(docs):
-    for i, dep in enumerate(kinds(docs, "Deployment")):
-        def f(ds, i=i):
-            kinds(ds, "Deployment")[i]["spec"]["template"]["spec"][
-                "terminationGracePeriodSeconds"] = 25
-        yield f"{dep['metadata']['name']} terminationGracePeriodSeconds 25", f
+def set_short_grace(dep, _):
+    dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 25
 
 
-def mutate_drop_pdb(docs):
-    for i, p in enumerate(kinds(docs, "PodDisruptionBudget")):
-        def f(ds, i=i):
-            ds.remove(kinds(ds, "PodDisruptionBudget")[i])
-        yield f"without {ref(p)}", f
-
-
-def mutate_drop_hpa(docs):
-    for i, h in enumerate(kinds(docs, "HorizontalPodAutoscaler")):
-        def f(ds, i=i):
-            ds.remove(kinds(ds, "HorizontalPodAutoscaler")[i])
-        yield f"without {ref(h)}", f
+mutate_short_grace = per_object("Deployment", "terminationGracePeriodSeconds 25", set_short_grace)
+mutate_drop_pdb = per_object("PodDisruptionBudget", "removed", lambda obj, ds: ds.remove(obj))
+mutate_drop_hpa = per_object("HorizontalPodAutoscaler", "removed", lambda obj, ds: ds.remove(obj))
 
 
 def mutate_privilege(docs):
@@ -992,38 +1000,22 @@ def mutate_privilege(docs):
             yield f"{dep['metadata']['name']} securityContext.{key} = {value}", f
 
 
-def mutate_metrics_port(docs):
-    for i, dep in enumerate(kinds(docs, "Deployment")):
-        def f(ds, i=i):
-            ann = kinds(ds, "Deployment")[i]["spec"]["template"]["metadata"]["annotations"]
-            ann["prometheus.io/port"] = "9465"
-        yield f"{dep['metadata']['name']} prometheus.io/port 9465", f
+def set_metrics_port(dep, _):
+    dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "9465"
 
 
-def mutate_liveness_service(docs):
-    for i, dep in enumerate(kinds(docs, "Deployment")):
-        def f(ds, i=i):
-            feeds_container(kinds(ds, "Deployment")[i])["livenessProbe"]["grpc"]["service"] = ""
-        yield f"{dep['metadata']['name']} livenessProbe service \"\"", f
+def set_liveness_service(dep, _):
+    feeds_container(dep)["livenessProbe"]["grpc"]["service"] = ""
 
 
-def mutate_loopback_listen(docs):
-    for i, (cm, k) in enumerate(toml_docs(docs)):
-        def f(ds, i=i):
-            cm2, k2 = list(toml_docs(ds))[i]
-            cm2["data"][k2] = re.sub(r'^listen\s*=\s*"[^"]*:(\d+)"', r'listen = "127.0.0.1:\1"',
-                                     cm2["data"][k2], count=1, flags=re.M)
-        yield f"{cm['metadata']['name']} listen on 127.0.0.1", f
-
-
-def mutate_listen_port(docs):
-    for i, (cm, k) in enumerate(toml_docs(docs)):
-        def f(ds, i=i):
-            cm2, k2 = list(toml_docs(ds))[i]
-            cm2["data"][k2] = re.sub(r'^(listen\s*=\s*"[^"]*:)(\d+)"',
-                                     lambda m: f'{m.group(1)}{int(m.group(2)) + 7}"',
-                                     cm2["data"][k2], count=1, flags=re.M)
-        yield f"{cm['metadata']['name']} process.listen port + 7", f
+mutate_metrics_port = per_object("Deployment", "prometheus.io/port 9465", set_metrics_port)
+mutate_liveness_service = per_object("Deployment", 'livenessProbe service ""',
+                                     set_liveness_service)
+mutate_loopback_listen = per_toml("listen on 127.0.0.1", lambda t: re.sub(
+    r'^listen\s*=\s*"[^"]*:(\d+)"', r'listen = "127.0.0.1:\1"', t, count=1, flags=re.M))
+mutate_listen_port = per_toml("process.listen port + 7", lambda t: re.sub(
+    r'^(listen\s*=\s*"[^"]*:)(\d+)"', lambda m: f'{m.group(1)}{int(m.group(2)) + 7}"',
+    t, count=1, flags=re.M))
 
 
 # (name, the check that must fire, variants); the first six are the required set.
@@ -1063,25 +1055,23 @@ ACCEPTED = (
 )
 
 
-def schema_unknown_container_field(docs):
-    for i, dep in enumerate(kinds(docs, "Deployment")):
-        def f(ds, i=i):
-            feeds_container(kinds(ds, "Deployment")[i])["readinessProbes"] = {}
-        yield f"{dep['metadata']['name']} container field readinessProbes", f
+def set_unknown_container_field(dep, _):
+    feeds_container(dep)["readinessProbes"] = {}
 
 
-def schema_misspelt_service_field(docs):
-    for i, svc in enumerate(kinds(docs, "Service")):
-        def f(ds, i=i):
-            kinds(ds, "Service")[i]["spec"]["clusterIp"] = "None"
-        yield f"{svc['metadata']['name']} spec.clusterIp", f
+def set_misspelt_service_field(svc, _):
+    svc["spec"]["clusterIp"] = "None"
 
 
-def schema_wrong_type(docs):
-    for i, dep in enumerate(kinds(docs, "Deployment")):
-        def f(ds, i=i):
-            feeds_container(kinds(ds, "Deployment")[i])["startupProbe"]["grpc"]["port"] = "grpc"
-        yield f"{dep['metadata']['name']} startupProbe.grpc.port \"grpc\"", f
+def set_named_probe_port(dep, _):
+    feeds_container(dep)["startupProbe"]["grpc"]["port"] = "grpc"
+
+
+schema_unknown_container_field = per_object("Deployment", "container field readinessProbes",
+                                            set_unknown_container_field)
+schema_misspelt_service_field = per_object("Service", "spec.clusterIp",
+                                           set_misspelt_service_field)
+schema_wrong_type = per_object("Deployment", 'startupProbe.grpc.port "grpc"', set_named_probe_port)
 
 
 # Changes only the schemas can see; validate() must reject them (strict mode).
