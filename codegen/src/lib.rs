@@ -282,7 +282,7 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
         let _ = writeln!(site_fields, "    {site}: {rt}::observe::Site,");
         let _ = writeln!(
             site_init,
-            "            {site}: {rt}::observe::Site::new({rt}::observe::Side::SIDE, BINDING, Stage::{name}.caller(), Stage::{name}, {:?}),",
+            "            {site}: {rt}::observe::Site::new(SIDE, BINDING, Stage::{name}.caller(), Stage::{name}, {:?}),",
             m.proto_name
         );
         let _ = writeln!(
@@ -339,10 +339,6 @@ fn stage_def(service: &Service, paths: &Paths) -> StageDef {
         );
     }
 
-    let remote_sites = site_fields.clone();
-    let client_init = site_init.replace("SIDE", "Client");
-    let remote_init = client_init.clone();
-    let server_init = site_init.replace("SIDE", "Server");
     let code = format!(
         r#"// ---- {full_name} ----
 
@@ -358,15 +354,16 @@ pub trait {name}: Send + Sync + 'static {{
 pub struct {name}Remote {{
     /// Picks the endpoint, retries what never left, maps transport errors.
     balancer: std::sync::Arc<{rt}::Balancer>,
-{remote_sites}}}
+{site_fields}}}
 
 impl {name}Remote {{
     /// The remote adapter over `balancer`.
     pub fn new(balancer: std::sync::Arc<{rt}::Balancer>) -> Self {{
         const BINDING: &str = "grpc";
+        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Client;
         Self {{
             balancer,
-{remote_init}        }}
+{site_init}        }}
     }}
 }}
 
@@ -386,9 +383,10 @@ impl {name}Local {{
     /// The local adapter over `imp`.
     pub fn new(imp: std::sync::Arc<dyn {name}>) -> Self {{
         const BINDING: &str = "local";
+        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Client;
         Self {{
             imp,
-{client_init}        }}
+{site_init}        }}
     }}
 }}
 
@@ -408,10 +406,11 @@ impl {name}Serve {{
     /// The server adapter over `imp`.
     pub fn new(imp: std::sync::Arc<dyn {name}>, default_deadline: Option<std::time::Duration>) -> Self {{
         const BINDING: &str = "grpc";
+        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Server;
         Self {{
             imp,
             default_deadline,
-{server_init}        }}
+{site_init}        }}
     }}
 }}
 

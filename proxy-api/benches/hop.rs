@@ -206,34 +206,23 @@ fn hops(c: &mut Criterion) {
                 )
             },
         );
-        group.bench_with_input(BenchmarkId::new("local", format!("{kb}KB")), &kb, |b, _| {
-            b.to_async(&rt).iter_batched(
-                req,
-                |r| async { black_box(local_stub.recall(r).await) },
-                BatchSize::SmallInput,
-            )
-        });
-        // The binding alone: local calls not observed (no metrics, no span).
-        proxy_api::observe::set_local_calls_observed(false);
-        group.bench_with_input(
-            BenchmarkId::new("local_unobserved", format!("{kb}KB")),
-            &kb,
-            |b, _| {
+        // Through the registry; `local_unobserved` is the binding alone
+        // (local calls not observed: no metrics, no span).
+        for (name, stub, observed) in [
+            ("local", &local_stub, true),
+            ("local_unobserved", &local_stub, false),
+            ("grpc", &grpc_stub, true),
+        ] {
+            proxy_api::observe::set_local_calls_observed(observed);
+            group.bench_with_input(BenchmarkId::new(name, format!("{kb}KB")), &kb, |b, _| {
                 b.to_async(&rt).iter_batched(
                     req,
-                    |r| async { black_box(local_stub.recall(r).await) },
+                    |r| async { black_box(stub.recall(r).await) },
                     BatchSize::SmallInput,
                 )
-            },
-        );
+            });
+        }
         proxy_api::observe::set_local_calls_observed(true);
-        group.bench_with_input(BenchmarkId::new("grpc", format!("{kb}KB")), &kb, |b, _| {
-            b.to_async(&rt).iter_batched(
-                req,
-                |r| async { black_box(grpc_stub.recall(r).await) },
-                BatchSize::SmallInput,
-            )
-        });
         group.bench_with_input(
             BenchmarkId::new("bare_tonic", format!("{kb}KB")),
             &kb,

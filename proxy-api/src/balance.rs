@@ -72,7 +72,6 @@ const MAX_EJECTION: Duration = Duration::from_secs(30);
 pub struct Balancer {
     target: RemoteTarget,
     config: RemoteConfig,
-    limits: Limits,
     epoch: Instant,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     budget: RetryBudget,
@@ -117,7 +116,6 @@ impl Balancer {
                 limits,
             },
             config: config.clone(),
-            limits,
             epoch: Instant::now(),
             backends: RwLock::new(Arc::new(Vec::new())),
             budget: RetryBudget::new(config.retry_budget_tokens, config.retry_token_ratio),
@@ -363,20 +361,11 @@ impl Balancer {
                         tried.push(i);
                         continue;
                     }
-                    return Err(self.unreachable(backend, status));
+                    return Err(self.target.status(status, &backend.key));
                 }
-                Err(status) => return Err(self.target.status(status)),
+                Err(status) => return Err(self.target.status(status, &backend.key)),
             }
         }
-    }
-
-    fn unreachable(&self, backend: &Backend, status: Status) -> Status {
-        Status::unavailable(format!(
-            "stage `{}` unreachable at {}: {}",
-            self.target.stage.name(),
-            backend.key,
-            source_chain(&status)
-        ))
     }
 
     fn no_endpoint(&self, list: &[Arc<Backend>]) -> Status {
@@ -396,25 +385,8 @@ impl Balancer {
 
     /// Client message size limits.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.target.limits
     }
-}
-
-/// The status message and its sources, e.g. "transport error: tcp connect
-/// error: Connection refused (os error 111)".
-fn source_chain(status: &Status) -> String {
-    use std::error::Error as _;
-    let mut out = status.message().to_owned();
-    let mut next = status.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 /// True when the call provably never reached the server: the connection was
@@ -500,24 +472,16 @@ impl RetryBudget {
 }
 
 fn parse_source(url: &str) -> Result<Source, String> {
-    if let Some(rest) = url.strip_prefix("dns:///") {
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("invalid endpoint {url:?}: missing port (dns:///host:port)"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("invalid endpoint {url:?}: port {port:?} is not a number"))?;
-        if host.is_empty() || host.contains('/') {
-            return Err(format!(
-                "invalid endpoint {url:?}: missing host (dns:///host:port)"
-            ));
+    Ok(match crate::remote::dns_target(url) {
+        Some(target) => {
+            let (host, port) = target?;
+            Source::Dns {
+                host: host.to_owned(),
+                port,
+            }
         }
-        return Ok(Source::Dns {
-            host: host.to_owned(),
-            port,
-        });
-    }
-    Ok(Source::Static(url.to_owned()))
+        None => Source::Static(url.to_owned()),
+    })
 }
 
 /// Re-resolves the DNS endpoints every `resolve_interval_ms` (sooner while

@@ -104,20 +104,24 @@ impl RemoteConfig {
     }
 }
 
+/// `dns:///host:port` split into host and port; `None` when `url` is not a
+/// `dns:///` endpoint, an error saying what is wrong when it is a bad one.
+pub(crate) fn dns_target(url: &str) -> Option<Result<(&str, u16), String>> {
+    let rest = url.strip_prefix("dns:///")?;
+    let bad = || format!("invalid endpoint URL {url:?}: expected dns:///host:port");
+    Some(match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') => {
+            port.parse::<u16>().map(|p| (host, p)).map_err(|_| bad())
+        }
+        _ => Err(bad()),
+    })
+}
+
 /// Accepts `http://host:port` with nothing after the authority but `/`, or
 /// `dns:///host:port`.
 fn check_endpoint(url: &str) -> Result<(), String> {
-    if let Some(rest) = url.strip_prefix("dns:///") {
-        return match rest.rsplit_once(':') {
-            Some((host, port))
-                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
-            {
-                Ok(())
-            }
-            _ => Err(format!(
-                "invalid endpoint URL {url:?}: expected dns:///host:port"
-            )),
-        };
+    if let Some(target) = dns_target(url) {
+        return target.map(|_| ());
     }
     let uri: http::Uri = url
         .parse()

@@ -33,9 +33,10 @@ pub struct RemoteTarget {
 }
 
 impl RemoteTarget {
-    /// Rewrites a transport failure (nothing came back from the stage itself)
-    /// as `UNAVAILABLE` naming the stage; statuses the stage returned pass as-is.
-    pub fn status(&self, status: tonic::Status) -> tonic::Status {
+    /// Rewrites a transport failure of a call to `endpoint` (nothing came
+    /// back from the stage itself) as `UNAVAILABLE` naming the stage and the
+    /// endpoint; statuses the stage returned pass as-is.
+    pub fn status(&self, status: tonic::Status, endpoint: &str) -> tonic::Status {
         use std::error::Error as _;
         let from_transport = status.source().is_some();
         // tonic's own timers (client or server) answer CANCELLED "Timeout expired".
@@ -59,14 +60,30 @@ impl RemoteTarget {
                 ))
             }
             _ if from_transport => tonic::Status::unavailable(format!(
-                "stage `{}` unreachable at {}: {}",
+                "stage `{}` unreachable at {endpoint}: {}",
                 self.stage.name(),
-                self.endpoints.join(", "),
-                status.message()
+                source_chain(&status)
             )),
             _ => status,
         }
     }
+}
+
+/// The status message and its sources, e.g. "transport error: tcp connect
+/// error: Connection refused (os error 111)".
+fn source_chain(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut out = status.message().to_owned();
+    let mut next = status.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// One stage's binding in a [`Registry`](crate::Registry).

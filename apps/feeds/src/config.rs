@@ -10,6 +10,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use proxy_api::{ConfigError, Limits, RemoteConfig, Stage};
 use serde::{Deserialize, Serialize};
 
+/// `telemetry.log_filter` when the config does not set it.
+pub const DEFAULT_LOG_FILTER: &str = "info,hnsw_rs=warn";
+
 /// Prefix of config environment variables; `__` separates keys.
 pub const ENV_PREFIX: &str = "FEEDS__";
 
@@ -108,7 +111,7 @@ impl Default for TelemetryConfig {
         Self {
             metrics_listen: String::new(),
             log_format: LogFormat::Text,
-            log_filter: "info,hnsw_rs=warn".into(),
+            log_filter: DEFAULT_LOG_FILTER.into(),
             otlp_endpoint: String::new(),
             service_name: String::new(),
             observe_local_calls: true,

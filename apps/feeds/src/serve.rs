@@ -275,10 +275,10 @@ async fn follow_downstreams(
             .filter(|b| !b.reachable())
             .map(|b| b.stage().name())
             .collect();
-        let ready = down.is_empty() && !draining.load(Ordering::SeqCst);
         if draining.load(Ordering::SeqCst) {
             return;
         }
+        let ready = down.is_empty();
         if ready != serving {
             let status = match ready {
                 true => ServingStatus::Serving,

@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogFormat, Plan, TelemetryConfig};
+use crate::config::{DEFAULT_LOG_FILTER, LogFormat, Plan, TelemetryConfig};
 
 /// Flushes exported spans when the process stops.
 #[derive(Default)]
@@ -87,7 +87,7 @@ pub fn init(config: &TelemetryConfig, plan: &Plan) -> anyhow::Result<TelemetryGu
         guard.provider = Some(provider);
         // The call spans are at debug level: exported whatever the log
         // filter says, while the logs keep their own filter.
-        let export = EnvFilter::try_new("info,hnsw_rs=warn,feeds::rpc=debug")
+        let export = EnvFilter::try_new(format!("{DEFAULT_LOG_FILTER},feeds::rpc=debug"))
             .unwrap_or_else(|_| EnvFilter::new("info"));
         Some(
             tracing_opentelemetry::layer()

@@ -125,13 +125,30 @@ pub struct AnnIndex {
 /// small shards.)
 const LAYERS: usize = 16;
 
+/// `work(i)` for every shard `i`, one thread each, as many at a time as
+/// there are cores; each result (or the thread's panic) in shard order.
+fn per_shard<T: Send>(
+    shards: usize,
+    work: impl Fn(usize) -> T + Sync,
+) -> Vec<std::thread::Result<T>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let work = &work;
+    let mut out = Vec::with_capacity(shards);
+    for wave in (0..shards).collect::<Vec<_>>().chunks(threads) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = wave.iter().map(|&i| scope.spawn(move || work(i))).collect();
+            out.extend(handles.into_iter().map(|h| h.join()));
+        });
+    }
+    out
+}
+
 impl AnnIndex {
     /// Indexes every item embedding of `world`, one thread per shard.
     pub fn build(world: &World, params: IndexParams) -> Self {
         let shards = params.shards.max(1);
         let dims = world.dims();
         let embeddings = world.item_embeddings();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let build_one = |shard: usize| {
             let ids: Vec<usize> = (shard..world.len()).step_by(shards).collect();
             let hnsw = Hnsw::new(params.m, ids.len(), LAYERS, params.ef_construction, UnitDot);
@@ -140,24 +157,15 @@ impl AnnIndex {
             }
             hnsw
         };
-        // Shards are independent; build `threads` of them at a time.
-        let mut built: Vec<Option<Hnsw<'static, f32, UnitDot>>> =
-            (0..shards).map(|_| None).collect();
-        for wave in (0..shards).collect::<Vec<_>>().chunks(threads.max(1)) {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = wave
-                    .iter()
-                    .map(|&shard| (shard, scope.spawn(move || build_one(shard))))
-                    .collect();
-                for (shard, handle) in handles {
-                    // A panic inside hnsw_rs is a bug there; rebuild on this
-                    // thread rather than lose the shard.
-                    built[shard] = Some(handle.join().unwrap_or_else(|_| build_one(shard)));
-                }
-            });
-        }
+        // A panic inside hnsw_rs is a bug there; rebuild that shard on this
+        // thread rather than lose it.
+        let built: Vec<Hnsw<'static, f32, UnitDot>> = per_shard(shards, build_one)
+            .into_iter()
+            .enumerate()
+            .map(|(shard, out)| out.unwrap_or_else(|_| build_one(shard)))
+            .collect();
         Self {
-            shards: built.into_iter().flatten().collect(),
+            shards: built,
             ef_search: params.ef_search,
         }
     }
@@ -268,7 +276,6 @@ impl AnnIndex {
                 ));
             }
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let load_one = |i: usize| -> Result<Hnsw<'static, f32, UnitDot>, IndexFileError> {
             let base = format!("shard-{i}");
             let graph = dir.join(format!("{base}.hnsw.graph"));
@@ -287,29 +294,18 @@ impl AnnIndex {
             }
             Ok(hnsw)
         };
-        let mut shards = Vec::with_capacity(want.shards);
-        for wave in (0..want.shards).collect::<Vec<_>>().chunks(threads.max(1)) {
-            let loaded: Vec<_> = std::thread::scope(|scope| {
-                let handles: Vec<_> = wave
-                    .iter()
-                    .map(|&i| (i, scope.spawn(move || load_one(i))))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(i, h)| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(file_err(
-                                &dir.join(format!("shard-{i}.hnsw.graph")),
-                                "the graph loader failed on this file",
-                            ))
-                        })
-                    })
-                    .collect()
-            });
-            for shard in loaded {
-                shards.push(shard?);
-            }
-        }
+        let shards = per_shard(want.shards, load_one)
+            .into_iter()
+            .enumerate()
+            .map(|(i, out)| {
+                out.unwrap_or_else(|_| {
+                    Err(file_err(
+                        &dir.join(format!("shard-{i}.hnsw.graph")),
+                        "the graph loader failed on this file",
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Self {
             shards,
             ef_search: params.ef_search,

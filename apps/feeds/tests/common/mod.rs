@@ -261,13 +261,7 @@ async fn spawn_servers(servers: Vec<(Config, Plan, tokio::net::TcpListener)>) ->
 }
 
 pub async fn wait_serving(addr: SocketAddr) {
-    for _ in 0..200 {
-        if feeds::is_serving(addr).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{addr} never reported SERVING");
+    wait_health(addr, "", SERVING, Duration::from_secs(10)).await;
 }
 
 /// Serves `local`'s locally bound stages on a loopback port and returns a
