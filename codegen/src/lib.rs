@@ -1,215 +1,158 @@
-//! Build-time code generator: wraps tonic's `ServiceGenerator` and, for every
-//! gRPC service, also emits the transport-agnostic stage trait, the remote
-//! adapter, the server adapter and the registry slot.
+//! Code generator for the stage contract: compiles `proto/` (protox, no system
+//! protoc) and emits prost messages with tonic's client and server modules,
+//! plus, for every service, the transport-agnostic stage trait, its adapters
+//! and its registry slot. The output is committed under
+//! `proxy-api/src/generated/`; `cargo run -p codegen` rewrites it.
 //!
 //! # Layout
-//! - [`StageGenerator`]: the `prost_build::ServiceGenerator` that build.rs installs.
-//! - [`Generated`]: the per-stage code it collected, written out once after
-//!   prost has run (so it can live in its own file, apart from the prost types).
-//!
-//! The emitted code refers to the runtime crate (`proxy-api`) only through the
-//! paths given in [`Paths`], so the generator stays independent of it.
+//! - [`generate`]: proto directory in, [`Output`] (three files) out.
+//! - [`StageGenerator`]: the `prost_build::ServiceGenerator` wrapping tonic's;
+//!   it records every service so the stage code can be emitted once all are known.
+//! - `emit` (private): the stage code, written with `quote!` and formatted with
+//!   `prettyplease`.
+//! - `graph` (private): the call graph, read from each service's `Calls:` line.
+
+mod emit;
+mod graph;
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use prost_build::{Method, Service};
+use prost::Message as _;
+use prost_build::Service;
 
-/// Where the emitted code finds its runtime pieces.
-#[derive(Clone, Debug)]
-pub struct Paths {
-    /// Module holding prost messages and tonic's client/server modules.
+/// Where the committed output lives, relative to the workspace root.
+pub const GENERATED_DIR: &str = "proxy-api/src/generated";
+
+/// The proto package every stage service belongs to, as a directory.
+pub const PACKAGE_DIR: &str = "feeds/v1";
+
+/// What [`generate`] produces: the three committed files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// `feeds.v1.rs`: prost messages and tonic's client/server modules.
     pub pb: String,
-    /// Crate providing `Service`, `Slot`, `AnySlot`, `RemoteTarget`, `context`.
-    pub runtime: String,
+    /// `stages.rs`: traits, adapters, `Stage`, `Registry`.
+    pub stages: String,
+    /// `feeds_descriptor.bin`: the encoded `FileDescriptorSet`, for reflection.
+    pub descriptor: Vec<u8>,
 }
 
-/// One service as the generator saw it, kept so the registry can be emitted
-/// after every service is known.
-#[derive(Clone, Debug)]
-struct StageDef {
-    /// Rust type name of the service, e.g. `FineRank`.
-    rust_name: String,
-    /// Config key and log name, e.g. `finerank`.
-    key: String,
-    /// Fully qualified gRPC service name, e.g. `feeds.v1.FineRank`.
-    full_name: String,
-    /// Emitted trait, adapters and marker.
-    code: String,
+impl Output {
+    /// The files as (name, bytes), in a fixed order.
+    pub fn files(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            ("feeds.v1.rs", self.pb.as_bytes()),
+            ("stages.rs", self.stages.as_bytes()),
+            ("feeds_descriptor.bin", &self.descriptor),
+        ]
+    }
+
+    /// Writes the files into `dir`, creating it.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (name, bytes) in self.files() {
+            std::fs::write(dir.join(name), bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Names of the files in `dir` that differ from this output (or are missing).
+    pub fn stale_in(&self, dir: &Path) -> Vec<String> {
+        self.files()
+            .into_iter()
+            .filter(|(name, bytes)| std::fs::read(dir.join(name)).ok().as_deref() != Some(*bytes))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
 }
 
-/// Shared handle on what the generator produced; read it after
-/// `prost_build::Config::compile_fds` returns.
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The proto directory cannot be listed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// protox rejected the protos.
+    #[error("compiling proto/: {0}")]
+    Compile(String),
+    /// prost or tonic failed to generate.
+    #[error("generating Rust from proto/: {0}")]
+    Generate(String),
+    /// A service breaks a rule of the stage contract.
+    #[error("{0}")]
+    Contract(String),
+    /// The emitted code does not parse (a generator bug).
+    #[error("emitted code does not parse: {0}")]
+    Format(String),
+}
+
+/// Compiles every `.proto` under `<proto_root>/feeds/v1/` and generates the
+/// three committed files.
+pub fn generate(proto_root: &Path) -> Result<Output, Error> {
+    let dir = proto_root.join(PACKAGE_DIR);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io(&dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    let fds = protox::compile(&files, [proto_root]).map_err(|e| Error::Compile(e.to_string()))?;
+    let descriptor = fds.encode_to_vec();
+
+    let out = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
+    let services = Services::default();
+    let tonic = tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .service_generator();
+    let mut config = prost_build::Config::new();
+    config
+        .btree_map(["."])
+        .out_dir(out.path())
+        .service_generator(Box::new(StageGenerator {
+            tonic,
+            services: services.clone(),
+        }));
+    config
+        .compile_fds(fds.clone())
+        .map_err(|e| Error::Generate(e.to_string()))?;
+    let pb_path = out.path().join("feeds.v1.rs");
+    let pb = std::fs::read_to_string(&pb_path).map_err(io(&pb_path))?;
+
+    let services = services.0.borrow().clone();
+    let stages = emit::stages(&services, &fds)?;
+    Ok(Output {
+        pb,
+        stages,
+        descriptor,
+    })
+}
+
+/// Services collected while prost runs.
 #[derive(Clone, Debug, Default)]
-pub struct Generated(Rc<RefCell<Vec<StageDef>>>);
+struct Services(Rc<RefCell<Vec<Service>>>);
 
-impl Generated {
-    /// Names of the stages generated so far, in proto order.
-    pub fn stage_keys(&self) -> Vec<String> {
-        self.0.borrow().iter().map(|s| s.key.clone()).collect()
-    }
-
-    /// The complete stages module: per-stage code, the `Stage` enum and the
-    /// `Registry` with one slot per stage.
-    pub fn render(&self, paths: &Paths) -> String {
-        let stages = self.0.borrow();
-        let rt = &paths.runtime;
-        let mut out =
-            String::from("// @generated by the `codegen` crate from proto/. Do not edit.\n\n");
-        for stage in stages.iter() {
-            out.push_str(&stage.code);
-        }
-
-        let _ = writeln!(
-            out,
-            "/// A stand-in for every stage that answers UNIMPLEMENTED, for tests and\n\
-             /// benches that run one stage without its downstream.\n\
-             #[cfg(feature = \"test-util\")]\n\
-             #[derive(Clone, Copy, Debug, Default)]\n\
-             pub struct Unimplemented;\n"
-        );
-
-        // The Stage enum.
-        let variants: Vec<String> = stages.iter().map(|s| s.rust_name.clone()).collect();
-        let _ = writeln!(
-            out,
-            "/// Every stage of the pipeline, in the order the generator was given (the chain order).\n\
-             #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]\n\
-             pub enum Stage {{ {} }}\n",
-            variants.join(", ")
-        );
-        let _ = writeln!(out, "impl Stage {{");
-        let _ = writeln!(
-            out,
-            "    /// All stages, chain order: a caller comes before its callee.\n    pub const ALL: [Stage; {}] = [{}];",
-            stages.len(),
-            variants
-                .iter()
-                .map(|v| format!("Stage::{v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let arms = |f: &dyn Fn(&StageDef) -> String| {
-            stages
-                .iter()
-                .map(|s| format!("            Stage::{} => {},\n", s.rust_name, f(s)))
-                .collect::<String>()
-        };
-        let _ = writeln!(
-            out,
-            "    /// The stage's config key and log name.\n    pub const fn name(self) -> &'static str {{\n        match self {{\n{}        }}\n    }}",
-            arms(&|s| format!("{:?}", s.key))
-        );
-        let _ = writeln!(
-            out,
-            "    /// The fully qualified gRPC service name.\n    pub const fn service_name(self) -> &'static str {{\n        match self {{\n{}        }}\n    }}",
-            arms(&|s| format!("{:?}", s.full_name))
-        );
-        let callers = stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match i {
-                0 => format!("            Stage::{} => None,\n", s.rust_name),
-                _ => format!(
-                    "            Stage::{} => Some(Stage::{}),\n",
-                    s.rust_name,
-                    stages[i - 1].rust_name
-                ),
-            })
-            .collect::<String>();
-        let _ = writeln!(
-            out,
-            "    /// The stage that calls this one: the one before it in the chain\n    /// (`None` for the entry stage, which clients call).\n    pub const fn caller(self) -> Option<Stage> {{\n        match self {{\n{callers}        }}\n    }}"
-        );
-        let from = stages
-            .iter()
-            .map(|s| format!("            {:?} => Some(Stage::{}),\n", s.key, s.rust_name))
-            .collect::<String>();
-        let _ = writeln!(
-            out,
-            "    /// Parses a config key such as `finerank`.\n    pub fn from_name(name: &str) -> Option<Stage> {{\n        match name {{\n{from}            _ => None,\n        }}\n    }}\n}}\n"
-        );
-
-        // The registry: one slot per stage.
-        let _ = writeln!(
-            out,
-            "/// Hands every caller its downstream stage, bound `local` or `grpc`.\n\
-             /// One slot per stage; which binding each slot holds comes from config.\n\
-             pub struct Registry {{"
-        );
-        for s in stages.iter() {
-            let _ = writeln!(
-                out,
-                "    /// How `{}` is reached from this process.\n    {}: {rt}::Slot<{}Service>,",
-                s.key, s.key, s.rust_name
-            );
-        }
-        let _ = writeln!(out, "}}\n\nimpl Registry {{");
-        let _ = writeln!(
-            out,
-            "    /// A registry with every slot unbound.\n    pub fn empty() -> Self {{\n        Self {{ {} }}\n    }}",
-            stages
-                .iter()
-                .map(|s| format!("{}: {rt}::Slot::default()", s.key))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for s in stages.iter() {
-            let _ = writeln!(
-                out,
-                "    /// The `{key}` stage as this process reaches it.\n    \
-                 pub fn {key}(&self) -> Result<std::sync::Arc<dyn {name}>, {rt}::RegistryError> {{ self.{key}.get() }}\n    \
-                 /// Registers the in-process `{key}` implementation.\n    \
-                 pub fn provide_{key}(&mut self, imp: std::sync::Arc<dyn {name}>) -> Result<(), {rt}::RegistryError> {{ self.{key}.provide(imp) }}",
-                key = s.key,
-                name = s.rust_name
-            );
-        }
-        let refs = |m: &str| {
-            stages
-                .iter()
-                .map(|s| format!("&{m}self.{}", s.key))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(
-            out,
-            "    /// Every slot, chain order, for code that treats them alike.\n    pub fn slots(&self) -> [&dyn {rt}::AnySlot; {n}] {{ [{}] }}\n    \
-             /// Every slot, mutable, chain order.\n    pub fn slots_mut(&mut self) -> [&mut dyn {rt}::AnySlot; {n}] {{ [{}] }}\n}}",
-            refs(""),
-            refs("mut "),
-            n = stages.len()
-        );
-        out
-    }
-}
-
-/// Wraps tonic's generator and adds the stage code for each service.
+/// Wraps tonic's generator and records every service for the stage code.
 pub struct StageGenerator {
     /// tonic's own generator: client and server modules.
     tonic: Box<dyn prost_build::ServiceGenerator>,
-    /// Runtime paths the emitted code refers to.
-    paths: Paths,
-    /// Where emitted stage code goes.
-    out: Generated,
-}
-
-impl StageGenerator {
-    /// A generator that delegates to `tonic` and records stage code into `out`.
-    pub fn new(
-        tonic: Box<dyn prost_build::ServiceGenerator>,
-        paths: Paths,
-        out: Generated,
-    ) -> Self {
-        Self { tonic, paths, out }
-    }
+    /// Where the services go.
+    services: Services,
 }
 
 impl prost_build::ServiceGenerator for StageGenerator {
     fn generate(&mut self, service: Service, buf: &mut String) {
-        let def = stage_def(&service, &self.paths);
-        self.out.0.borrow_mut().push(def);
+        self.services.0.borrow_mut().push(service.clone());
         self.tonic.generate(service, buf);
     }
 
@@ -219,251 +162,5 @@ impl prost_build::ServiceGenerator for StageGenerator {
 
     fn finalize_package(&mut self, package: &str, buf: &mut String) {
         self.tonic.finalize_package(package, buf);
-    }
-}
-
-fn snake(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn stage_def(service: &Service, paths: &Paths) -> StageDef {
-    for m in &service.methods {
-        // Streaming would need a different trait shape; refuse early and loudly.
-        assert!(
-            !m.client_streaming && !m.server_streaming,
-            "codegen: {}.{} is streaming; stage services must be unary",
-            service.proto_name,
-            m.proto_name
-        );
-    }
-    let name = &service.name;
-    let snake = snake(&service.proto_name);
-    let key = service.proto_name.to_ascii_lowercase();
-    let full_name = format!("{}.{}", service.package, service.proto_name);
-    let pb = &paths.pb;
-    let rt = &paths.runtime;
-    let ty = |t: &str| format!("{pb}::{t}");
-
-    let sig = |m: &Method| {
-        format!(
-            "async fn {}(&self, request: tonic::Request<{}>) -> Result<tonic::Response<{}>, tonic::Status>",
-            m.name,
-            ty(&m.input_type),
-            ty(&m.output_type)
-        )
-    };
-    let mut trait_methods = String::new();
-    let mut remote_methods = String::new();
-    let mut serve_methods = String::new();
-    let mut fake_methods = String::new();
-    let mut local_methods = String::new();
-    let mut site_fields = String::new();
-    let mut site_init = String::new();
-    for m in &service.methods {
-        let doc = m
-            .comments
-            .leading
-            .iter()
-            .map(|l| format!("    ///{l}\n"))
-            .collect::<String>();
-        let _ = writeln!(trait_methods, "{doc}    {};", sig(m));
-        let site = format!("site_{}", m.name);
-        let _ = writeln!(site_fields, "    {site}: {rt}::observe::Site,");
-        let _ = writeln!(
-            site_init,
-            "            {site}: {rt}::observe::Site::new(SIDE, BINDING, Stage::{name}.caller(), Stage::{name}, {:?}),",
-            m.proto_name
-        );
-        let _ = writeln!(
-            remote_methods,
-            "    {} {{\n        let limits = self.balancer.limits();\n        \
-             {rt}::observe::call(&self.{site}, request, |request| self.balancer.call(request, move |channel, request| async move {{\n            \
-             {pb}::{snake}_client::{name}Client::new(channel)\n                \
-             .max_decoding_message_size(limits.max_recv_bytes)\n                \
-             .max_encoding_message_size(limits.max_send_bytes)\n                \
-             .{}(request)\n                \
-             .await\n        }}))\n        .await\n    }}",
-            sig(m),
-            m.name
-        );
-        // Written out in async_trait's expanded form: the observed call wraps
-        // the implementation's own boxed future, adding a timer only when
-        // the request carries a deadline; with local observation off and no
-        // deadline, the implementation's own future is handed back as is.
-        let _ = writeln!(
-            local_methods,
-            "    fn {m}<'life0, 'async_trait>(&'life0 self, request: tonic::Request<{i}>) -> \
-             ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>>\n    \
-             where 'life0: 'async_trait, Self: 'async_trait {{\n        \
-             let call = move |request: tonic::Request<{i}>| -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<tonic::Response<{o}>, tonic::Status>> + ::core::marker::Send + 'async_trait>> {{\n            \
-             match {rt}::context::deadline_ext(&request) {{\n                \
-             None => self.imp.{m}(request),\n                \
-             Some(deadline) => Box::pin({rt}::context::within(Some(deadline), {key:?}, self.imp.{m}(request))),\n            \
-             }}\n        }};\n        \
-             match {rt}::observe::local_calls_observed() {{\n            \
-             true => Box::pin({rt}::observe::call(&self.{site}, request, call)),\n            \
-             false => call(request),\n        \
-             }}\n    }}",
-            m = m.name,
-            i = ty(&m.input_type),
-            o = ty(&m.output_type),
-        );
-        let _ = writeln!(
-            fake_methods,
-            "    {} {{\n        drop(request);\n        Err(tonic::Status::unimplemented(\"{}.{}: test stand-in\"))\n    }}",
-            sig(m),
-            full_name,
-            m.proto_name
-        );
-        let _ = writeln!(
-            serve_methods,
-            "    {} {{\n        let default_deadline = self.default_deadline;\n        \
-             {rt}::observe::call(&self.{site}, request, move |request| async move {{\n            \
-             let request = {rt}::context::inbound(request, default_deadline)?;\n            \
-             let deadline = {rt}::context::server_deadline(&request);\n            \
-             {rt}::context::within(deadline, {:?}, self.imp.{}(request)).await\n        }})\n        .await\n    }}",
-            sig(m),
-            key,
-            m.name
-        );
-    }
-
-    let code = format!(
-        r#"// ---- {full_name} ----
-
-/// Transport-agnostic face of `{full_name}`. The stage crate implements it;
-/// callers hold an `Arc<dyn {name}>` and cannot tell a local implementation
-/// from a remote one.
-#[{rt}::async_trait]
-pub trait {name}: Send + Sync + 'static {{
-{trait_methods}}}
-
-/// `{name}` reached over gRPC: calls balanced by `balancer`, observed as
-/// binding `grpc` on the caller's side.
-pub struct {name}Remote {{
-    /// Picks the endpoint, retries what never left, maps transport errors.
-    balancer: std::sync::Arc<{rt}::Balancer>,
-{site_fields}}}
-
-impl {name}Remote {{
-    /// The remote adapter over `balancer`.
-    pub fn new(balancer: std::sync::Arc<{rt}::Balancer>) -> Self {{
-        const BINDING: &str = "grpc";
-        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Client;
-        Self {{
-            balancer,
-{site_init}        }}
-    }}
-}}
-
-#[{rt}::async_trait]
-impl {name} for {name}Remote {{
-{remote_methods}}}
-
-/// `{name}` bound `local`: a plain call to the implementation, observed as
-/// binding `local`, with the request's deadline enforced as the `grpc`
-/// binding enforces it.
-pub struct {name}Local {{
-    /// The implementation.
-    imp: std::sync::Arc<dyn {name}>,
-{site_fields}}}
-
-impl {name}Local {{
-    /// The local adapter over `imp`.
-    pub fn new(imp: std::sync::Arc<dyn {name}>) -> Self {{
-        const BINDING: &str = "local";
-        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Client;
-        Self {{
-            imp,
-{site_init}        }}
-    }}
-}}
-
-impl {name} for {name}Local {{
-{local_methods}}}
-
-/// Exposes any `Arc<dyn {name}>` as tonic's generated server, observed as
-/// the server side of binding `grpc`.
-pub struct {name}Serve {{
-    /// The implementation.
-    imp: std::sync::Arc<dyn {name}>,
-    /// The deadline of a request that arrives without `grpc-timeout`.
-    default_deadline: Option<std::time::Duration>,
-{site_fields}}}
-
-impl {name}Serve {{
-    /// The server adapter over `imp`.
-    pub fn new(imp: std::sync::Arc<dyn {name}>, default_deadline: Option<std::time::Duration>) -> Self {{
-        const BINDING: &str = "grpc";
-        const SIDE: {rt}::observe::Side = {rt}::observe::Side::Server;
-        Self {{
-            imp,
-            default_deadline,
-{site_init}        }}
-    }}
-}}
-
-#[{rt}::async_trait]
-impl {pb}::{snake}_server::{name} for {name}Serve {{
-{serve_methods}}}
-
-#[cfg(feature = "test-util")]
-#[{rt}::async_trait]
-impl {name} for Unimplemented {{
-{fake_methods}}}
-
-/// Registry marker for the `{key}` stage.
-pub struct {name}Service;
-
-impl {rt}::Service for {name}Service {{
-    type Api = dyn {name};
-    const STAGE: Stage = Stage::{name};
-
-    fn remote(balancer: std::sync::Arc<{rt}::Balancer>) -> std::sync::Arc<dyn {name}> {{
-        std::sync::Arc::new({name}Remote::new(balancer))
-    }}
-
-    fn local(imp: std::sync::Arc<dyn {name}>) -> std::sync::Arc<dyn {name}> {{
-        std::sync::Arc::new({name}Local::new(imp))
-    }}
-
-    fn add_routes(imp: std::sync::Arc<dyn {name}>, routes: &mut tonic::service::RoutesBuilder, options: &{rt}::ServeOptions) {{
-        routes.add_service(
-            {pb}::{snake}_server::{name}Server::new({name}Serve::new(imp, options.default_deadline))
-                .max_decoding_message_size(options.limits.max_recv_bytes)
-                .max_encoding_message_size(options.limits.max_send_bytes),
-        );
-    }}
-}}
-
-"#
-    );
-    StageDef {
-        rust_name: name.clone(),
-        key,
-        full_name,
-        code,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snake_case_matches_tonic_modules() {
-        assert_eq!(snake("FineRank"), "fine_rank");
-        assert_eq!(snake("Business"), "business");
     }
 }

@@ -1,16 +1,20 @@
 //! Cost of one hop through the registry, for 1 KB, 16 KB and 128 KB of user
-//! context, on four paths:
+//! context, on these paths:
 //!
 //! - `direct`: the stage implementation called as a concrete type;
-//! - `local`: the same implementation through the registry's `local` binding
-//!   (`Arc<dyn Recall>`);
+//! - `local_serving`: the same implementation through the registry's `local`
+//!   binding as every in-process hop of `feeds serve` runs it: the context
+//!   carries a deadline that the server's timer bounds, observation on;
+//! - `local_unobserved`: the same with `telemetry.observe_local_calls = false`;
 //! - `grpc`: through the registry's `grpc` binding to a server built from the
 //!   generated adapters, over loopback TCP;
 //! - `bare_tonic`: tonic's generated client and server alone, same messages,
 //!   same loopback: the floor for `grpc`.
 //!
 //! Before the timings it prints heap allocations per call for `direct` and
-//! `local`, counted by a wrapping global allocator (bench binary only).
+//! every local variant (also a call from outside any served request with a
+//! deadline, which starts the edge timer), counted by a wrapping global
+//! allocator (bench binary only).
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; nothing else here does.
 #![allow(unsafe_code)]
@@ -19,10 +23,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use proxy_api::pb::{self, recall_client::RecallClient, recall_server::RecallServer};
-use proxy_api::{Limits, Recall, Registry, RemoteConfig, Stage};
+use proxy_api::{Cx, Limits, Recall, Registry, RemoteConfig, RuntimeOptions, Stage};
 use tokio::runtime::Runtime;
 
 struct Counting;
@@ -63,10 +68,11 @@ fn answer() -> pb::RecallResponse {
 impl Recall for Echo {
     async fn recall(
         &self,
-        request: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        black_box(request);
-        Ok(tonic::Response::new(answer()))
+        cx: &Cx,
+        request: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, proxy_api::Status> {
+        black_box((cx, request));
+        Ok(answer())
     }
 }
 
@@ -107,41 +113,51 @@ fn incoming(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming
     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
 }
 
-fn allocations_per_call(rt: &Runtime, stub: &Arc<dyn Recall>) -> (f64, f64) {
+/// The context of an in-process hop inside a served request: a deadline
+/// that the server adapter's timer bounds.
+fn serving() -> Cx {
+    Cx::new()
+        .with_timeout(Duration::from_secs(3600))
+        .assume_bounded()
+}
+
+/// Heap allocations per call of `stub` (or of `Echo` directly) in `cx`.
+fn allocations_per_call(rt: &Runtime, stub: Option<&Arc<dyn Recall>>, cx: &Cx) -> f64 {
     const N: u64 = 10_000;
-    let measure = |f: &dyn Fn() -> tonic::Request<pb::RecallRequest>, local: bool| {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        rt.block_on(async {
-            for _ in 0..N {
-                let req = f();
-                let _ = if local {
-                    stub.recall(req).await
-                } else {
-                    Echo.recall(req).await
-                };
-            }
-        });
-        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
-    };
-    // The request is built inside the loop for both paths alike: subtract it.
-    let build = || tonic::Request::new(pb::RecallRequest::default());
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..N {
-        black_box(build());
-    }
-    let request_cost = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;
-    (
-        measure(&build, false) - request_cost,
-        measure(&build, true) - request_cost,
-    )
+    rt.block_on(async {
+        for _ in 0..N {
+            // The default message allocates nothing of its own.
+            let req = pb::RecallRequest::default();
+            let _ = black_box(match stub {
+                Some(stub) => stub.recall(cx, req).await,
+                None => Echo.recall(cx, req).await,
+            });
+        }
+    });
+    // The answer's ten items are allocated in every path alike: subtract them.
+    let answer_cost = {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        black_box(answer());
+        ALLOCATIONS.load(Ordering::Relaxed) - before
+    };
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64 - answer_cost as f64
+}
+
+fn registry(observe_local_calls: bool) -> Registry {
+    let mut registry = Registry::with_options(RuntimeOptions {
+        observe_local_calls,
+    });
+    registry.provide_recall(Arc::new(Echo)).expect("provide");
+    registry
 }
 
 fn hops(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let (local_stub, grpc_stub, bare) = rt.block_on(async {
-        let mut local = Registry::empty();
-        local.provide_recall(Arc::new(Echo)).expect("provide");
+    let (local_stub, unobserved_stub, grpc_stub, bare) = rt.block_on(async {
+        let local = registry(true);
         let local_stub = local.recall().expect("local");
+        let unobserved_stub = registry(false).recall().expect("local");
 
         let (l, addr) = listener().await;
         let (routes, _) = local.routes(&proxy_api::ServeOptions::default());
@@ -176,53 +192,62 @@ fn hops(c: &mut Criterion) {
             .expect("connect bare");
         (
             local_stub,
+            unobserved_stub,
             grpc_stub,
             RecallClient::new(channel).max_decoding_message_size(16 << 20),
         )
     });
 
-    let (direct_allocs, local_allocs) = allocations_per_call(&rt, &local_stub);
-    proxy_api::observe::set_local_calls_observed(false);
-    let (_, unobserved_allocs) = allocations_per_call(&rt, &local_stub);
-    proxy_api::observe::set_local_calls_observed(true);
+    let serving_cx = serving();
+    let direct = allocations_per_call(&rt, None, &serving_cx);
+    let serving_path = allocations_per_call(&rt, Some(&local_stub), &serving_cx);
+    let unobserved = allocations_per_call(&rt, Some(&unobserved_stub), &serving_cx);
+    let no_deadline = allocations_per_call(&rt, Some(&local_stub), &Cx::new());
+    let edge = allocations_per_call(
+        &rt,
+        Some(&local_stub),
+        &Cx::new().with_timeout(Duration::from_secs(3600)),
+    );
     println!(
-        "allocations per call (excluding building the request): direct {direct_allocs:.2}, local {local_allocs:.2} (adds {:.2}), local unobserved {unobserved_allocs:.2} (adds {:.2})",
-        local_allocs - direct_allocs,
-        unobserved_allocs - direct_allocs
+        "allocations per call (the answer's own excluded): direct {direct:.2}; \
+         local_serving {serving_path:.2} (adds {:.2}); local_unobserved {unobserved:.2} (adds {:.2}); \
+         local without deadline {no_deadline:.2} (adds {:.2}); \
+         local from outside a served call, with deadline (starts the edge timer) {edge:.2} (adds {:.2})",
+        serving_path - direct,
+        unobserved - direct,
+        no_deadline - direct,
+        edge - direct,
     );
 
     let mut group = c.benchmark_group("hop");
     for kb in [1usize, 16, 128] {
         let msg = message(kb * 1024);
-        let req = || tonic::Request::new(msg.clone());
+        let req = || msg.clone();
+        let cx = &serving_cx;
         group.bench_with_input(
             BenchmarkId::new("direct", format!("{kb}KB")),
             &kb,
             |b, _| {
                 b.to_async(&rt).iter_batched(
                     req,
-                    |r| async { black_box(Echo.recall(r).await) },
+                    |r| async move { black_box(Echo.recall(cx, r).await) },
                     BatchSize::SmallInput,
                 )
             },
         );
-        // Through the registry; `local_unobserved` is the binding alone
-        // (local calls not observed: no metrics, no span).
-        for (name, stub, observed) in [
-            ("local", &local_stub, true),
-            ("local_unobserved", &local_stub, false),
-            ("grpc", &grpc_stub, true),
+        for (name, stub) in [
+            ("local_serving", &local_stub),
+            ("local_unobserved", &unobserved_stub),
+            ("grpc", &grpc_stub),
         ] {
-            proxy_api::observe::set_local_calls_observed(observed);
             group.bench_with_input(BenchmarkId::new(name, format!("{kb}KB")), &kb, |b, _| {
                 b.to_async(&rt).iter_batched(
                     req,
-                    |r| async { black_box(stub.recall(r).await) },
+                    |r| async move { black_box(stub.recall(cx, r).await) },
                     BatchSize::SmallInput,
                 )
             });
         }
-        proxy_api::observe::set_local_calls_observed(true);
         group.bench_with_input(
             BenchmarkId::new("bare_tonic", format!("{kb}KB")),
             &kb,
@@ -231,7 +256,11 @@ fn hops(c: &mut Criterion) {
                     req,
                     |r| {
                         let mut client = bare.clone();
-                        async move { black_box(client.recall(r).await) }
+                        async move {
+                            let mut r = tonic::Request::new(r);
+                            r.set_timeout(Duration::from_secs(3600));
+                            black_box(client.recall(r).await)
+                        }
                     },
                     BatchSize::SmallInput,
                 )

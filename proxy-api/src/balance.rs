@@ -292,12 +292,13 @@ impl Balancer {
 
     /// Sends `request` to one endpoint with `send`; if the call never reached
     /// the server, ejects that endpoint and, within `max_attempts` and the
-    /// retry budget, tries another. The request's deadline becomes
+    /// retry budget, tries another. `deadline` becomes
     /// `grpc-timeout` (what is left of it at each attempt). Transport
     /// failures come back as UNAVAILABLE naming the stage.
     pub async fn call<M, R, F, Fut>(
         &self,
         request: Request<M>,
+        deadline: Option<Instant>,
         send: F,
     ) -> Result<Response<R>, Status>
     where
@@ -305,7 +306,6 @@ impl Balancer {
         F: Fn(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let deadline = crate::context::deadline_ext(&request);
         let (metadata, _, message) = request.into_parts();
         let (mut metadata, mut message) = (Some(metadata), Some(message));
         let list = self.snapshot();

@@ -1,68 +1,195 @@
-//! What travels with a call besides its message: request id, tenant, deadline
-//! and every `x-` header (plus W3C trace context).
+//! [`Cx`], what travels with a call besides its message: request id, tenant,
+//! deadline, W3C trace context and every other `x-` header.
 //!
-//! Under the `local` binding the `tonic::Request` is moved to the callee as it
-//! is, extensions included; under `grpc` the headers cross the wire and the
-//! deadline travels as `grpc-timeout`, which the server adapter turns back into
-//! a [`Deadline`] extension. Either way the callee's [`CallContext::of`] reads
-//! the same values.
+//! A context is made once per request at the edge (the server adapter, or a
+//! caller that builds one) and shared after that: the headers sit behind an
+//! `Arc`, and an in-process hop passes the caller's `&Cx` on as it is. Only a
+//! hop that needs something of its own (a child span's `traceparent`, own-time
+//! accounting for `explain`, a timer) makes a child, which clones the `Arc`.
+//! Under `grpc` the headers cross the wire and the deadline travels as
+//! `grpc-timeout`; the server adapter reads them back into a `Cx`, so the
+//! callee sees the same values under both bindings.
 
-use std::collections::BTreeMap;
-use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataValue};
-use tonic::{Request, Status};
+use http::{HeaderName, HeaderValue};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::observe::TraceParent;
+use crate::pb;
+use crate::timing::SelfTimer;
 
 /// Metadata key of the request id.
 pub const REQUEST_ID: &str = "x-request-id";
 /// Metadata key of the tenant.
 pub const TENANT: &str = "x-tenant";
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
 /// Non-`x-` headers that are forwarded too (W3C trace context).
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+const TRACE_HEADERS: [&str; 2] = [TRACEPARENT, "tracestate"];
 /// The gRPC wire form of a deadline.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
 
-/// The absolute deadline of a call, kept as a request extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Deadline(pub Instant);
+/// How much earlier than the wire deadline a server gives up, so it is this
+/// code (DEADLINE_EXCEEDED) and not tonic's own timer (CANCELLED) that answers.
+const SERVER_MARGIN: Duration = Duration::from_millis(1);
 
-/// The call's context as the callee sees it, identical under both bindings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CallContext {
-    /// `x-request-id`, if the caller set one.
-    pub request_id: Option<String>,
-    /// `x-tenant`, if the caller set one.
-    pub tenant: Option<String>,
-    /// When the whole call must be done by.
-    pub deadline: Option<Instant>,
-    /// Every forwarded header (`x-*`, `traceparent`, `tracestate`) by name;
-    /// includes the request id and tenant.
-    pub headers: BTreeMap<String, String>,
-}
-
+/// Whether a header is forwarded hop to hop.
 fn forwarded(key: &str) -> bool {
     key.starts_with("x-") || TRACE_HEADERS.contains(&key)
 }
 
-impl CallContext {
-    /// Reads the context of an incoming request.
-    pub fn of<T>(request: &Request<T>) -> Self {
-        let mut headers = BTreeMap::new();
-        for entry in request.metadata().iter() {
-            if let KeyAndValueRef::Ascii(key, value) = entry
-                && let (true, Ok(value)) = (forwarded(key.as_str()), value.to_str())
-            {
-                headers.insert(key.as_str().to_owned(), value.to_owned());
-            }
-        }
-        let deadline = deadline_of(request);
+/// What every hop of one request shares.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Forwarded headers as they arrived (`x-*`, `traceparent`, `tracestate`).
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Own time of every stage of the request, innermost first, collected
+    /// while explaining; the outermost frame moves them into its response.
+    timings: Mutex<Vec<pb::StageTiming>>,
+}
+
+/// The context of one call as the callee sees it, identical under both bindings.
+#[derive(Debug)]
+pub struct Cx {
+    /// Headers and explain timings, shared by every hop of the request.
+    shared: Arc<Shared>,
+    /// When the whole call must be done by.
+    deadline: Option<Instant>,
+    /// This hop's `traceparent` when it differs from the shared header (a
+    /// recorded span made itself the parent of what this hop calls).
+    trace: Option<TraceParent>,
+    /// Whether a timer higher up already bounds this call tree, so an
+    /// in-process hop only needs to read the clock.
+    bounded: bool,
+    /// Own-time accounting of the stage running with this context, while
+    /// explaining.
+    timer: Option<SelfTimer>,
+}
+
+impl Default for Cx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for Cx {
+    /// A context with the same headers and deadline; the clone has no
+    /// own-time accounting of its own.
+    fn clone(&self) -> Self {
         Self {
-            request_id: headers.get(REQUEST_ID).cloned(),
-            tenant: headers.get(TENANT).cloned(),
-            deadline,
-            headers,
+            shared: Arc::clone(&self.shared),
+            deadline: self.deadline,
+            trace: self.trace,
+            bounded: self.bounded,
+            timer: None,
         }
+    }
+}
+
+impl Cx {
+    /// An empty context: no headers, no deadline.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::default(),
+            deadline: None,
+            trace: None,
+            bounded: false,
+            timer: None,
+        }
+    }
+
+    /// Adds or replaces a forwarded header. Names are lower-cased; names
+    /// that are not forwarded (`authorization`, ...) and values that are not
+    /// valid header values are ignored, as they would be on the wire.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        if !forwarded(&name) {
+            return self;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            let shared = shared_mut(&mut self.shared);
+            shared.headers.retain(|(k, _)| *k != name);
+            shared.headers.push((name, value));
+        }
+        self
+    }
+
+    /// With `x-request-id`.
+    #[must_use]
+    pub fn with_request_id(self, id: &str) -> Self {
+        self.with_header(REQUEST_ID, id)
+    }
+
+    /// With `x-tenant`.
+    #[must_use]
+    pub fn with_tenant(self, tenant: &str) -> Self {
+        self.with_header(TENANT, tenant)
+    }
+
+    /// With an absolute deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// With a deadline `timeout` from now.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.with_deadline(Instant::now() + timeout)
+    }
+
+    /// Marks the deadline as enforced by a timer the caller runs, as the
+    /// server adapter does for every request it serves: in-process hops
+    /// below then only check the clock. The caller must enforce it.
+    #[must_use]
+    pub fn assume_bounded(mut self) -> Self {
+        self.bounded = true;
+        self
+    }
+
+    /// A forwarded header's value, if present and ASCII text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.shared_header(name)
+    }
+
+    fn shared_header(&self, name: &str) -> Option<&str> {
+        self.shared
+            .headers
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// Every forwarded header as (name, value), as it arrived at the edge.
+    /// The `traceparent` this hop sends on may differ: see [`Cx::traceparent`].
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.shared
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+    }
+
+    /// `x-request-id`, if the caller set one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.shared_header(REQUEST_ID)
+    }
+
+    /// `x-tenant`, if the caller set one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.shared_header(TENANT)
+    }
+
+    /// When the whole call must be done by.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Time left before the deadline; `None` when there is no deadline.
@@ -71,126 +198,129 @@ impl CallContext {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// A downstream request carrying this context: the same forwarded headers
-    /// and the same absolute deadline (so each hop inherits what is left).
-    pub fn request<U>(&self, message: U) -> Request<U> {
-        let mut request = Request::new(message);
-        let metadata = request.metadata_mut();
-        for (key, value) in &self.headers {
-            if let (Ok(key), Ok(value)) = (
-                MetadataKey::from_bytes(key.as_bytes()),
-                MetadataValue::try_from(value.as_str()),
-            ) {
-                metadata.insert(key, value);
+    /// The trace context this hop passes on: its own span's, when one is
+    /// recorded, else the one that arrived.
+    pub fn traceparent(&self) -> Option<TraceParent> {
+        self.trace
+            .or_else(|| self.shared_header(TRACEPARENT).and_then(TraceParent::parse))
+    }
+
+    /// Whether a timer higher up bounds this call tree.
+    pub(crate) fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    /// Whether this context belongs to a stage that accounts its own time.
+    pub(crate) fn timer(&self) -> Option<&SelfTimer> {
+        self.timer.as_ref()
+    }
+
+    /// A child for one hop: same headers and deadline, optionally its own
+    /// `traceparent`, own-time accounting and a bounding timer.
+    pub(crate) fn child(&self, trace: Option<TraceParent>, timed: bool, bounded: bool) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            deadline: self.deadline,
+            trace: trace.or(self.trace),
+            bounded: self.bounded || bounded,
+            timer: timed.then(SelfTimer::start),
+        }
+    }
+
+    /// Appends one stage's own time to the request's explain timings.
+    pub(crate) fn push_timing(&self, timing: pb::StageTiming) {
+        if let Ok(mut t) = self.shared.timings.lock() {
+            t.push(timing);
+        }
+    }
+
+    /// Appends timings that came back from a remote stage.
+    pub(crate) fn extend_timings(&self, timings: Vec<pb::StageTiming>) {
+        if let Ok(mut t) = self.shared.timings.lock() {
+            t.extend(timings);
+        }
+    }
+
+    /// Takes every timing collected so far.
+    pub(crate) fn take_timings(&self) -> Vec<pb::StageTiming> {
+        self.shared
+            .timings
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+    }
+
+    /// Server side of the `grpc` binding: the context of a request that
+    /// arrived with `metadata`. `grpc-timeout` (less a small margin, so this
+    /// code answers before tonic's own timer) or else `default` becomes the
+    /// deadline; a malformed `grpc-timeout` is INVALID_ARGUMENT naming it.
+    pub(crate) fn inbound(
+        metadata: &MetadataMap,
+        default: Option<Duration>,
+    ) -> Result<Self, Status> {
+        let now = Instant::now();
+        let deadline = match metadata.get(GRPC_TIMEOUT) {
+            None => default.map(|d| now + d),
+            Some(raw) => {
+                let timeout = raw.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "grpc-timeout: malformed value {raw:?} (expected 1-8 digits and a unit H, M, S, m, u or n)"
+                    ))
+                })?;
+                let d = now + timeout;
+                Some(d.checked_sub(SERVER_MARGIN).unwrap_or(d))
             }
-        }
-        if let Some(deadline) = self.deadline {
-            request.extensions_mut().insert(Deadline(deadline));
-        }
-        request
-    }
-}
-
-/// The request's deadline: the [`Deadline`] extension, else `grpc-timeout`.
-pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
-    request
-        .extensions()
-        .get::<Deadline>()
-        .map(|d| d.0)
-        .or_else(|| {
-            request
-                .metadata()
-                .get(GRPC_TIMEOUT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_grpc_timeout)
-                .map(|t| Instant::now() + t)
+        };
+        let headers = metadata
+            .as_ref()
+            .iter()
+            .filter(|(k, _)| forwarded(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                headers,
+                timings: Mutex::default(),
+            }),
+            deadline,
+            trace: None,
+            // The server adapter's timer bounds what runs under it.
+            bounded: true,
+            timer: None,
         })
-}
-
-/// The [`Deadline`] extension alone: what the `local` binding enforces. Every
-/// in-process hop carries it (set by [`CallContext::request`] and by the
-/// server adapter), and reading it costs no header lookup on the hot path.
-pub fn deadline_ext<T>(request: &Request<T>) -> Option<Instant> {
-    request.extensions().get::<Deadline>().map(|d| d.0)
-}
-
-/// Runs `call`, answering DEADLINE_EXCEEDED (naming `stage`) if `deadline`
-/// passes first. Both bindings enforce deadlines through this.
-pub async fn within<T>(
-    deadline: Option<Instant>,
-    stage: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let Some(deadline) = deadline else {
-        return call.await;
-    };
-    let exceeded = || Status::deadline_exceeded(format!("deadline exceeded in stage `{stage}`"));
-    // Checked before and after as well as by the timer: a stage whose work
-    // never yields (most of them) would otherwise finish past its deadline.
-    if Instant::now() >= deadline {
-        return Err(exceeded());
     }
-    let out = tokio::time::timeout_at(deadline.into(), call)
-        .await
-        .map_err(|_| exceeded())?;
-    if Instant::now() > deadline {
-        return Err(exceeded());
-    }
-    out
-}
 
-/// How much earlier than the wire deadline a server gives up, so it is this
-/// code (DEADLINE_EXCEEDED) and not tonic's own timer (CANCELLED) that answers.
-const SERVER_MARGIN: Duration = Duration::from_millis(1);
-
-/// The deadline a server enforces for `request`: the wire deadline less a
-/// small margin (see [`SERVER_MARGIN`]).
-pub fn server_deadline<T>(request: &Request<T>) -> Option<Instant> {
-    deadline_of(request).map(|d| d.checked_sub(SERVER_MARGIN).unwrap_or(d))
-}
-
-/// Client side of the `grpc` binding: turns the [`Deadline`] extension into
-/// `grpc-timeout`. A deadline already past fails here, before any bytes go out.
-pub fn outbound<T>(mut request: Request<T>) -> Result<Request<T>, Status> {
-    if let Some(Deadline(deadline)) = request.extensions().get::<Deadline>().copied() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Status::deadline_exceeded(
-                "deadline expired before the call was sent",
-            ));
+    /// Client side of the `grpc` binding: the headers this hop sends, with
+    /// `trace` (else this hop's own) as `traceparent`. The deadline is not
+    /// among them; each attempt sets `grpc-timeout` from what is left when
+    /// it is sent.
+    pub(crate) fn outbound(&self, trace: Option<TraceParent>) -> MetadataMap {
+        let mut map = http::HeaderMap::with_capacity(self.shared.headers.len());
+        for (k, v) in &self.shared.headers {
+            map.append(k.clone(), v.clone());
         }
-        request.set_timeout(left);
+        if let Some(trace) = trace.or(self.trace)
+            && let Ok(v) = HeaderValue::from_str(&trace.to_string())
+        {
+            map.insert(HeaderName::from_static(TRACEPARENT), v);
+        }
+        MetadataMap::from_headers(map)
     }
-    Ok(request)
 }
 
-/// Server side of the `grpc` binding: turns `grpc-timeout` (or, when absent,
-/// `default`) into a [`Deadline`] extension, so stage code reads the deadline
-/// the same way as in-process. A malformed `grpc-timeout` is INVALID_ARGUMENT.
-pub fn inbound<T>(
-    mut request: Request<T>,
-    default: Option<Duration>,
-) -> Result<Request<T>, Status> {
-    let Some(raw) = request.metadata().get(GRPC_TIMEOUT) else {
-        if let Some(default) = default {
-            request
-                .extensions_mut()
-                .insert(Deadline(Instant::now() + default));
-        }
-        return Ok(request);
-    };
-    let timeout = raw
-        .to_str()
-        .ok()
-        .and_then(parse_grpc_timeout)
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "grpc-timeout: malformed value {raw:?} (expected 1-8 digits and a unit H, M, S, m, u or n)"
-            ))
-        })?;
-    let deadline = Instant::now() + timeout;
-    request.extensions_mut().insert(Deadline(deadline));
-    Ok(request)
+/// `Arc::make_mut` for [`Shared`], which is not `Clone` (its timings are
+/// not copied: a context is only edited before its first call).
+fn shared_mut(this: &mut Arc<Shared>) -> &mut Shared {
+    if Arc::get_mut(this).is_none() {
+        *this = Arc::new(Shared {
+            headers: this.headers.clone(),
+            timings: Mutex::default(),
+        });
+    }
+    match Arc::get_mut(this) {
+        Some(shared) => shared,
+        None => unreachable!("the Arc was just made unique"),
+    }
 }
 
 /// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit.
@@ -214,6 +344,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::metadata::MetadataValue;
 
     #[test]
     fn grpc_timeout_units() {
@@ -229,42 +360,54 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_request_keeps_context() {
-        let mut incoming = Request::new(());
-        let md = incoming.metadata_mut();
+    fn inbound_keeps_forwarded_headers_only() {
+        let mut md = MetadataMap::new();
         md.insert(REQUEST_ID, MetadataValue::from_static("r-1"));
         md.insert(TENANT, MetadataValue::from_static("acme"));
         md.insert("x-colour", MetadataValue::from_static("blue"));
         md.insert("authorization", MetadataValue::from_static("secret"));
-        let deadline = Instant::now() + Duration::from_secs(3);
-        incoming.extensions_mut().insert(Deadline(deadline));
-
-        let ctx = CallContext::of(&incoming);
-        assert_eq!(ctx.request_id.as_deref(), Some("r-1"));
-        assert_eq!(ctx.tenant.as_deref(), Some("acme"));
-        assert!(!ctx.headers.contains_key("authorization"));
-        let next = ctx.request(42u8);
-        assert_eq!(CallContext::of(&next), ctx);
+        md.insert(GRPC_TIMEOUT, MetadataValue::from_static("3S"));
+        let cx = Cx::inbound(&md, None).expect("valid");
+        assert_eq!(cx.request_id(), Some("r-1"));
+        assert_eq!(cx.tenant(), Some("acme"));
+        assert_eq!(cx.header("x-colour"), Some("blue"));
+        assert_eq!(cx.header("authorization"), None);
+        let left = cx.remaining().expect("deadline");
+        assert!(left > Duration::from_secs(2) && left <= Duration::from_secs(3));
+        let out = cx.outbound(None);
+        assert_eq!(
+            out.get("x-colour").and_then(|v| v.to_str().ok()),
+            Some("blue")
+        );
+        assert!(out.get("authorization").is_none());
+        let back = Cx::inbound(&out, None).expect("valid");
+        assert_eq!(
+            back.headers().collect::<Vec<_>>(),
+            cx.headers().collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn malformed_timeout_is_invalid_argument() {
-        let mut request = Request::new(());
-        request
-            .metadata_mut()
-            .insert(GRPC_TIMEOUT, MetadataValue::from_static("soon"));
-        let err = inbound(request, None).expect_err("malformed");
+        let mut md = MetadataMap::new();
+        md.insert(GRPC_TIMEOUT, MetadataValue::from_static("soon"));
+        let err = Cx::inbound(&md, None).expect_err("malformed");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("grpc-timeout"));
     }
 
     #[test]
-    fn expired_deadline_is_not_sent() {
-        let mut request = Request::new(());
-        request
-            .extensions_mut()
-            .insert(Deadline(Instant::now() - Duration::from_millis(1)));
-        let err = outbound(request).expect_err("expired");
-        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    fn builder_ignores_unforwarded_headers() {
+        let cx = Cx::new()
+            .with_tenant("lite")
+            .with_header("Authorization", "x")
+            .with_header("X-Colour", "red")
+            .with_tenant("acme");
+        assert_eq!(cx.tenant(), Some("acme"));
+        assert_eq!(cx.header("x-colour"), Some("red"));
+        assert_eq!(cx.headers().count(), 2);
+        let child = cx.child(None, true, true);
+        assert_eq!(child.tenant(), Some("acme"));
+        assert!(child.timer().is_some() && child.bounded());
     }
 }

@@ -1,22 +1,31 @@
-//! The stage contract (generated from `proto/`) and the registry that hands
-//! every caller its downstream stage, bound `local` (an in-process trait call)
-//! or `grpc` (a tonic channel), without the caller knowing which.
+//! The stage contract (generated from `proto/`) and the runtime behind it:
+//! the registry that hands every caller its downstream stage, bound `local`
+//! (an in-process trait call) or `grpc` (a tonic channel), without the caller
+//! knowing which, and the layers every call goes through on both sides.
 //!
 //! # Layout
-//! - `pb`: prost messages and tonic's client/server modules (generated).
-//! - `stages`: per stage, the trait stage crates implement, its remote adapter
-//!   (`XRemote`), its server adapter (`XServe`), its registry marker
-//!   (`XService`), plus [`Stage`] and [`Registry`] (generated).
+//! - `generated/` (committed, from `cargo run -p codegen`):
+//!   - `pb`: prost messages and tonic's client/server modules;
+//!   - `stages`: per stage, the trait stage crates implement
+//!     (`async fn recall(&self, cx: &Cx, request) -> Result<response, Status>`),
+//!     its local, remote and server adapters (`XLocal`, `XRemote`, `XServe`),
+//!     its registry marker (`XService`), plus [`Stage`] (with the call graph)
+//!     and [`Registry`].
+//! - `context`: [`Cx`], request id, tenant, deadline, trace context and `x-`
+//!   headers, shared hop to hop.
+//! - `stack`: the runtime as tower layers, caller side (observe -> deadline ->
+//!   binding) and server side (deadline -> observe -> implementation).
+//! - `server`: the process around the served stacks: listener, shedding and
+//!   size limits, health that follows downstreams, reflection, drain and grace.
+//! - `factory`: [`StageFactory`], the hook each stage crate exports (its config
+//!   section and constructor), with [`Deps`] and [`Resources`].
 //! - `slot`: the runtime behind a registry slot: [`Service`], [`Slot`], [`AnySlot`].
 //! - `registry`: binding remote slots from config, serving local slots, and
 //!   describing the topology.
 //! - `remote`: [`RemoteConfig`], how a `grpc` binding is configured.
 //! - `balance`: [`Balancer`]: endpoints (static or DNS), subsetting, power of
 //!   two choices, ejection, health probes, retries under a budget.
-//! - `observe`: the middleware every call goes through in both bindings:
-//!   Prometheus series, `tracing` spans, W3C trace context.
-//! - `context`: [`CallContext`]: request id, tenant, deadline and `x-` headers,
-//!   read identically under both bindings and forwarded hop to hop.
+//! - `observe`: metrics families, call sites and spans used by the observe layer.
 //! - `timing`: [`SelfTimer`], a stage's own time excluding its downstream.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
@@ -26,33 +35,41 @@ mod balance;
 pub mod codec;
 pub mod context;
 mod error;
+mod factory;
 pub mod observe;
 mod registry;
 mod remote;
+pub mod server;
 mod slot;
+pub mod stack;
 mod timing;
 
 /// Prost messages and tonic clients/servers for `feeds.v1` (generated).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/feeds.v1.rs"));
+    include!("generated/feeds.v1.rs");
 }
 
-#[allow(missing_docs, clippy::all)]
+#[allow(clippy::all)]
 mod stages {
-    include!(concat!(env!("OUT_DIR"), "/stages.rs"));
+    include!("generated/stages.rs");
 }
 
 /// The encoded `FileDescriptorSet` of `proto/`, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/feeds_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/feeds_descriptor.bin");
 
 pub use async_trait::async_trait;
 pub use balance::{Balancer, subset};
-pub use context::CallContext;
+pub use context::Cx;
 pub use error::{ConfigError, RegistryError};
+pub use factory::{BuildError, Deps, Resources, StageFactory};
 pub use registry::{Binding, Limits, ServeOptions};
 pub use remote::RemoteConfig;
-pub use slot::{AnySlot, RemoteTarget, Service, Slot};
+pub use slot::{AnySlot, RemoteTarget, Service, Slot, SlotOf};
+pub use stack::{BoxCall, RuntimeOptions};
 pub use stages::*;
 pub use timing::SelfTimer;
+/// Status codes.
+pub use tonic::Code;
+/// The status every stage call answers with (tonic's).
+pub use tonic::Status;

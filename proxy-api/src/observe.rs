@@ -22,7 +22,6 @@
 //! made here, so logs carry a trace id either way.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,15 +31,9 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::Stage;
-
-/// The W3C trace context header.
-pub const TRACEPARENT: &str = "traceparent";
+use crate::{Cx, Stage};
 
 /// Duration buckets in seconds: from 100 µs (an in-process hop) to 10 s.
 const BUCKETS: [f64; 16] = [
@@ -131,20 +124,6 @@ pub fn registry() -> Option<&'static prometheus::Registry> {
 }
 
 static OTEL: AtomicBool = AtomicBool::new(false);
-static LOCAL: AtomicBool = AtomicBool::new(true);
-
-/// Whether calls through `local` bindings are observed (counted, timed,
-/// traced): on by default. Off, a local hop is the bare in-process call
-/// (about 150 ns cheaper); gRPC calls are observed either way.
-pub fn set_local_calls_observed(observed: bool) {
-    LOCAL.store(observed, Ordering::Relaxed);
-}
-
-/// See [`set_local_calls_observed`].
-#[inline]
-pub fn local_calls_observed() -> bool {
-    LOCAL.load(Ordering::Relaxed)
-}
 
 /// Tells the middleware an OpenTelemetry layer is installed, so span and
 /// trace ids come from it (and are the ones exported).
@@ -172,6 +151,7 @@ impl Side {
 
 /// One method of one stage as seen from one place (an adapter): its labels,
 /// resolved once, and its span name.
+#[derive(Clone)]
 pub struct Site {
     side: Side,
     binding: &'static str,
@@ -186,15 +166,15 @@ pub struct Site {
 }
 
 impl Site {
-    /// The site for `callee.method` called by `caller` over `binding`.
-    pub fn new(
-        side: Side,
-        binding: &'static str,
-        caller: Option<Stage>,
-        callee: Stage,
-        method: &'static str,
-    ) -> Self {
-        let caller = caller.map_or("client", Stage::name);
+    /// The site for `callee.method` over `binding`. The `caller` label is
+    /// the stage that calls `callee` when the call graph has exactly one,
+    /// `client` for an entry stage, `any` when several stages call it.
+    pub fn new(side: Side, binding: &'static str, callee: Stage, method: &'static str) -> Self {
+        let caller = match callee.callers() {
+            [] => "client",
+            [one] => one.name(),
+            _ => "any",
+        };
         let labels = [
             "unary",
             callee.service_name(),
@@ -226,7 +206,7 @@ impl Site {
         }
     }
 
-    fn record(&self, code: tonic::Code, started: Instant) {
+    pub(crate) fn record(&self, code: tonic::Code, started: Instant) {
         if let Some(h) = &self.seconds {
             h.observe(started.elapsed().as_secs_f64());
         }
@@ -255,9 +235,11 @@ impl Site {
         }
     }
 
-    /// Opens the call's span, parented on the request's `traceparent`, and
-    /// rewrites that header so the callee's span is this span's child.
-    fn span<T>(&self, request: &mut Request<T>) -> tracing::Span {
+    /// Opens the call's span, parented on the context's `traceparent`, and
+    /// returns the `traceparent` that makes the callee's span its child.
+    /// `(None, None)` when nothing records the span: no header is read and no
+    /// id is made.
+    pub(crate) fn span(&self, cx: &Cx) -> (Option<tracing::Span>, Option<TraceParent>) {
         let span = tracing::debug_span!(
             target: "feeds::rpc",
             "rpc",
@@ -275,19 +257,15 @@ impl Site {
             span_id = tracing::field::Empty,
         );
         if span.is_disabled() {
-            // Nobody records spans (no subscriber, or `feeds::rpc` filtered
-            // out): no header is read or rewritten, at no cost.
-            return span;
+            return (None, None);
         }
-        let md = request.metadata();
-        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
-        if let Some(id) = header(crate::context::REQUEST_ID) {
+        if let Some(id) = cx.request_id() {
             span.record("request_id", id);
         }
-        if let Some(tenant) = header(crate::context::TENANT) {
+        if let Some(tenant) = cx.tenant() {
             span.record("tenant", tenant);
         }
-        let parent = header(TRACEPARENT).and_then(TraceParent::parse);
+        let parent = cx.traceparent();
         let own = if OTEL.load(Ordering::Relaxed) {
             if let Some(p) = parent {
                 let remote = SpanContext::new(
@@ -300,8 +278,8 @@ impl Site {
                 let _ =
                     span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
             }
-            let cx = span.context();
-            let sc = cx.span().span_context().clone();
+            let otel = span.context();
+            let sc = otel.span().span_context().clone();
             if sc.is_valid() {
                 TraceParent {
                     trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
@@ -322,46 +300,7 @@ impl Site {
             "span_id",
             tracing::field::display(format_args!("{:016x}", own.parent_id)),
         );
-        if let Ok(value) = MetadataValue::try_from(own.to_string()) {
-            request.metadata_mut().insert(TRACEPARENT, value);
-        }
-        span
-    }
-}
-
-/// Runs one stage call under `site`: opens its span, passes the trace context
-/// on, counts it by status and times it.
-pub fn call<'a, M, R, F, Fut>(
-    site: &'a Site,
-    mut request: Request<M>,
-    f: F,
-) -> impl Future<Output = Result<Response<R>, Status>> + Send + 'a
-where
-    M: Send + 'a,
-    F: FnOnce(Request<M>) -> Fut + Send + 'a,
-    Fut: Future<Output = Result<Response<R>, Status>> + Send + 'a,
-{
-    let started = Instant::now();
-    let span = site.span(&mut request);
-    let fut = f(request);
-    async move {
-        // With no subscriber recording the span (the default log filter),
-        // the call is awaited as it is: no span to enter on every poll.
-        let out = match span.is_disabled() {
-            true => fut.await,
-            false => fut.instrument(span.clone()).await,
-        };
-        let code = match &out {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        };
-        site.record(code, started);
-        if code != tonic::Code::Ok && !span.is_disabled() {
-            span.in_scope(|| {
-                tracing::debug!(target: "feeds::rpc", code = code_name(code), "call failed");
-            });
-        }
-        out
+        (Some(span), Some(own))
     }
 }
 
@@ -514,13 +453,7 @@ mod tests {
 
     #[test]
     fn sites_count_by_code() {
-        let site = Site::new(
-            Side::Client,
-            "local",
-            Some(Stage::Business),
-            Stage::Split,
-            "Split",
-        );
+        let site = Site::new(Side::Client, "local", Stage::Split, "Split");
         site.record(tonic::Code::Ok, Instant::now());
         site.record(tonic::Code::NotFound, Instant::now());
         let text = render();

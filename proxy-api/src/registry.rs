@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::service::{Routes, RoutesBuilder};
 
-use crate::{Balancer, ConfigError, Registry, RegistryError, RemoteConfig, Stage};
+use crate::{Balancer, ConfigError, Registry, RegistryError, RemoteConfig, Service, SlotOf, Stage};
 
 /// Message size limits, for both the clients and the servers of this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,11 +90,30 @@ impl Registry {
         limits: Limits,
     ) -> Result<(), RegistryError> {
         let balancer = Balancer::new(stage, config, limits)?;
-        self.slots_mut()
+        let (slots, options) = self.slots_mut();
+        slots
             .into_iter()
             .find(|slot| slot.stage() == stage)
             .ok_or_else(|| RegistryError::unbound(stage))?
-            .bind_remote(balancer)
+            .bind_remote(balancer, options)
+    }
+
+    /// The stage `S` as this process reaches it (generic form of `registry.recall()`).
+    pub fn get<S: Service>(&self) -> Result<Arc<S::Api>, RegistryError>
+    where
+        Self: SlotOf<S>,
+    {
+        SlotOf::<S>::slot(self).get()
+    }
+
+    /// Registers the in-process implementation of `S` (generic form of
+    /// `registry.provide_recall(..)`).
+    pub fn provide<S: Service>(&mut self, imp: Arc<S::Api>) -> Result<(), RegistryError>
+    where
+        Self: SlotOf<S>,
+    {
+        let (slot, options) = SlotOf::<S>::slot_mut(self);
+        slot.provide(imp, options)
     }
 
     /// The balancers of every `grpc` binding, chain order.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::service::RoutesBuilder;
 
-use crate::{Balancer, Binding, RegistryError, ServeOptions, Stage};
+use crate::{Balancer, Binding, RegistryError, RuntimeOptions, ServeOptions, Stage};
 
 /// What the generator knows about one stage, so generic code can bind it.
 pub trait Service: 'static {
@@ -14,12 +14,16 @@ pub trait Service: 'static {
     /// Which stage this is.
     const STAGE: Stage;
     /// The remote adapter over `balancer`.
-    fn remote(balancer: Arc<Balancer>) -> Arc<Self::Api>;
-    /// The `local` binding of `imp`: the implementation, with deadlines enforced.
-    fn local(imp: Arc<Self::Api>) -> Arc<Self::Api>;
+    fn remote(balancer: Arc<Balancer>, options: &RuntimeOptions) -> Arc<Self::Api>;
+    /// The `local` binding of `imp`: the implementation behind the caller-side stack.
+    fn local(imp: Arc<Self::Api>, options: &RuntimeOptions) -> Arc<Self::Api>;
     /// Adds the tonic server for `imp` to `routes`.
     fn add_routes(imp: Arc<Self::Api>, routes: &mut RoutesBuilder, options: &ServeOptions);
 }
+
+/// How tonic words a message over the size limit (it answers OUT_OF_RANGE;
+/// gRPC says RESOURCE_EXHAUSTED, so both sides rewrite it).
+pub(crate) const TOO_LARGE: &str = "message length too large";
 
 /// Where a remote stage lives; names it in every transport error.
 #[derive(Clone, Debug)]
@@ -52,7 +56,7 @@ impl RemoteTarget {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => status,
             // tonic reports a message over the size limit as OUT_OF_RANGE;
             // gRPC says RESOURCE_EXHAUSTED. The message names the limit.
-            tonic::Code::OutOfRange if status.message().contains("message length too large") => {
+            tonic::Code::OutOfRange if status.message().contains(TOO_LARGE) => {
                 tonic::Status::resource_exhausted(format!(
                     "stage `{}`: {}",
                     self.stage.name(),
@@ -124,10 +128,14 @@ impl<S: Service> Slot<S> {
     }
 
     /// Binds the in-process implementation.
-    pub fn provide(&mut self, imp: Arc<S::Api>) -> Result<(), RegistryError> {
+    pub fn provide(
+        &mut self,
+        imp: Arc<S::Api>,
+        options: &RuntimeOptions,
+    ) -> Result<(), RegistryError> {
         self.refuse_rebind("local")?;
         self.state = State::Local {
-            stub: S::local(Arc::clone(&imp)),
+            stub: S::local(Arc::clone(&imp), options),
             imp,
         };
         Ok(())
@@ -152,7 +160,11 @@ pub trait AnySlot {
     /// The slot's stage.
     fn stage(&self) -> Stage;
     /// Binds the slot to the remote `balancer` reaches.
-    fn bind_remote(&mut self, balancer: Arc<Balancer>) -> Result<(), RegistryError>;
+    fn bind_remote(
+        &mut self,
+        balancer: Arc<Balancer>,
+        options: &RuntimeOptions,
+    ) -> Result<(), RegistryError>;
     /// Adds the local implementation, if any, to `routes`; true if it did.
     fn add_routes(&self, routes: &mut RoutesBuilder, options: &ServeOptions) -> bool;
     /// How the slot is bound.
@@ -166,10 +178,14 @@ impl<S: Service> AnySlot for Slot<S> {
         S::STAGE
     }
 
-    fn bind_remote(&mut self, balancer: Arc<Balancer>) -> Result<(), RegistryError> {
+    fn bind_remote(
+        &mut self,
+        balancer: Arc<Balancer>,
+        options: &RuntimeOptions,
+    ) -> Result<(), RegistryError> {
         self.refuse_rebind("grpc")?;
         self.state = State::Remote {
-            stub: S::remote(Arc::clone(&balancer)),
+            stub: S::remote(Arc::clone(&balancer), options),
             balancer,
         };
         Ok(())
@@ -199,4 +215,13 @@ impl<S: Service> AnySlot for Slot<S> {
             _ => None,
         }
     }
+}
+
+/// A registry that has a slot for the stage `S` (generated for every stage),
+/// so generic code can reach a slot by its marker type.
+pub trait SlotOf<S: Service> {
+    /// The slot.
+    fn slot(&self) -> &Slot<S>;
+    /// The slot, mutable, with the options to bind it with.
+    fn slot_mut(&mut self) -> (&mut Slot<S>, &RuntimeOptions);
 }

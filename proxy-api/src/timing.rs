@@ -2,75 +2,57 @@
 //! the stage runs, excluding the time it awaits its downstream stage.
 //! `--explain` reports it; the bench compares it with whole-process CPU.
 //!
-//! Thread CPU time is read at the edges of each synchronous segment (no
-//! `.await` inside a segment, so a segment never changes thread). It is only
-//! read when the request asked to explain, so the common path pays nothing.
+//! The adapters keep it, not stage code: the adapter that runs a stage starts
+//! a timer in the stage's context, and every downstream call made with that
+//! context pauses it until the answer is back. Thread CPU time is read at the
+//! edges of each synchronous segment (no `.await` inside a segment, so a
+//! segment never changes thread). Only explained requests pay for it.
 
-use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 
-use crate::{Stage, pb};
-
-fn thread_cpu() -> Duration {
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
+fn thread_cpu_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
+        u64::try_from(Duration::from(t).as_nanos()).unwrap_or(u64::MAX)
+    })
 }
 
-/// Measures one call's own CPU time.
+/// One stage's own CPU time for one call. Shared through the stage's
+/// context, hence atomics; only the task running the stage touches it.
 #[derive(Debug)]
 pub struct SelfTimer {
-    /// Whether to measure at all (the request asked to explain).
-    on: bool,
-    /// Thread CPU time when the current segment started.
-    segment: Duration,
-    /// CPU time of the finished segments.
-    own: Duration,
+    /// Thread CPU time (ns) when the current segment started.
+    segment: AtomicU64,
+    /// CPU time (ns) of the finished segments.
+    own: AtomicU64,
 }
 
 impl SelfTimer {
-    /// Starts timing a call if `explain` is set.
-    pub fn start(explain: bool) -> Self {
+    /// Starts timing now.
+    pub fn start() -> Self {
         Self {
-            on: explain,
-            segment: if explain {
-                thread_cpu()
-            } else {
-                Duration::ZERO
-            },
-            own: Duration::ZERO,
+            segment: AtomicU64::new(thread_cpu_ns()),
+            own: AtomicU64::new(0),
         }
     }
 
-    /// Awaits a downstream call; its time does not count as own time.
-    pub async fn downstream<F: Future>(&mut self, call: F) -> F::Output {
-        if self.on {
-            self.own += thread_cpu().saturating_sub(self.segment);
-        }
-        let out = call.await;
-        if self.on {
-            self.segment = thread_cpu();
-        }
-        out
+    /// Ends the current segment: a downstream call starts.
+    pub fn pause(&self) {
+        let spent = thread_cpu_ns().saturating_sub(self.segment.load(Ordering::Relaxed));
+        self.own.fetch_add(spent, Ordering::Relaxed);
     }
 
-    /// Own CPU time so far (zero when not measuring).
+    /// Starts a new segment: the downstream call is back.
+    pub fn resume(&self) {
+        self.segment.store(thread_cpu_ns(), Ordering::Relaxed);
+    }
+
+    /// Own CPU time so far, the running segment included.
     pub fn own(&self) -> Duration {
-        if self.on {
-            self.own + thread_cpu().saturating_sub(self.segment)
-        } else {
-            Duration::ZERO
-        }
-    }
-
-    /// Appends `stage`'s own time to `timings` when measuring.
-    pub fn record(&self, stage: Stage, timings: &mut Vec<pb::StageTiming>) {
-        if self.on {
-            timings.push(pb::StageTiming {
-                stage: stage.name().to_owned(),
-                self_us: u64::try_from(self.own().as_micros()).unwrap_or(u64::MAX),
-            });
-        }
+        let running = thread_cpu_ns().saturating_sub(self.segment.load(Ordering::Relaxed));
+        Duration::from_nanos(self.own.load(Ordering::Relaxed) + running)
     }
 }
 
@@ -79,36 +61,24 @@ mod tests {
     use super::*;
 
     fn spin(d: Duration) {
-        let start = thread_cpu();
-        while thread_cpu().saturating_sub(start) < d {
+        let start = thread_cpu_ns();
+        while Duration::from_nanos(thread_cpu_ns().saturating_sub(start)) < d {
             std::hint::black_box(0u64);
         }
     }
 
-    #[tokio::test]
-    async fn downstream_time_is_excluded() {
-        let mut timer = SelfTimer::start(true);
+    #[test]
+    fn paused_time_is_excluded() {
+        let timer = SelfTimer::start();
         spin(Duration::from_millis(5));
-        timer
-            .downstream(async { spin(Duration::from_millis(30)) })
-            .await;
+        timer.pause();
+        spin(Duration::from_millis(30));
+        timer.resume();
         // 5 ms of own CPU counted, the 30 ms downstream not.
         let own = timer.own();
         assert!(
             own >= Duration::from_millis(5) && own < Duration::from_millis(30),
             "{own:?}"
         );
-        let mut timings = Vec::new();
-        timer.record(Stage::Split, &mut timings);
-        assert_eq!(timings[0].stage, "split");
-    }
-
-    #[test]
-    fn off_when_not_explaining() {
-        let timer = SelfTimer::start(false);
-        let mut timings = Vec::new();
-        timer.record(Stage::Split, &mut timings);
-        assert!(timings.is_empty());
-        assert_eq!(timer.own(), Duration::ZERO);
     }
 }

@@ -21,3 +21,8 @@ pub use config::{WorldConfig, WorldError};
 pub use files::FileError;
 pub use hash::{mix, unit, user_key};
 pub use rng::{dot, normalize};
+
+/// The directory a world was loaded from (`world.dir`): stages that keep
+/// files next to it (the recall index) find them there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorldDir(pub std::path::PathBuf);

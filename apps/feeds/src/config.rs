@@ -16,28 +16,29 @@ pub const DEFAULT_LOG_FILTER: &str = "info,hnsw_rs=warn";
 /// Prefix of config environment variables; `__` separates keys.
 pub const ENV_PREFIX: &str = "FEEDS__";
 
-/// Everything one `feeds serve` process needs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// What this process hosts and where it listens.
-    pub process: ProcessConfig,
-    /// How to reach each stage this process does not host, by stage name.
-    pub remote: BTreeMap<String, RemoteConfig>,
-    /// Metrics endpoint, log format, trace export.
-    pub telemetry: TelemetryConfig,
-    /// The generated catalogue the stages share.
-    pub world: world::WorldConfig,
-    /// The business stage.
-    pub business: business::Config,
-    /// The split stage.
-    pub split: split::Config,
-    /// The rerank stage.
-    pub rerank: rerank::Config,
-    /// The fine-rank stage.
-    pub finerank: finerank::Config,
-    /// The recall stage.
-    pub recall: recall::Config,
+config_with_stages! {
+    /// Everything one `feeds serve` process needs.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Config {
+        /// What this process hosts and where it listens.
+        pub process: ProcessConfig,
+        /// How to reach each stage this process does not host, by stage name.
+        pub remote: BTreeMap<String, RemoteConfig>,
+        /// Metrics endpoint, log format, trace export.
+        pub telemetry: TelemetryConfig,
+        /// The generated catalogue the stages share.
+        pub world: world::WorldConfig,
+    }
+    // The linked stage crates, by config key: the one list to extend when a
+    // stage is added.
+    stages {
+        business => business::Factory,
+        split => split::Factory,
+        rerank => rerank::Factory,
+        finerank => finerank::Factory,
+        recall => recall::Factory,
+    }
 }
 
 /// The `[process]` section.
@@ -214,13 +215,13 @@ impl Config {
             remotes.push((stage, remote.clone()));
         }
         remotes.sort_by_key(|(s, _)| *s);
-        // Each stage calls the next one in the chain; that one must be reachable.
-        for pair in Stage::ALL.windows(2) {
-            let [caller, callee] = [pair[0], pair[1]];
-            if hosted.contains(&caller)
-                && !hosted.contains(&callee)
-                && !remotes.iter().any(|(s, _)| *s == callee)
-            {
+        // Every stage a hosted stage calls (the proto's call graph) must be
+        // reachable: hosted here or remote.
+        for (caller, callee) in hosted
+            .iter()
+            .flat_map(|caller| caller.calls().iter().map(move |callee| (*caller, *callee)))
+        {
+            if !hosted.contains(&callee) && !remotes.iter().any(|(s, _)| *s == callee) {
                 return Err(ConfigError::new(
                     format!("remote.{}.endpoints", callee.name()),
                     format!(
@@ -281,11 +282,7 @@ impl Config {
         self.world
             .validate()
             .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
-        self.business.validate()?;
-        self.split.validate()?;
-        self.rerank.validate()?;
-        self.finerank.validate()?;
-        self.recall.validate()?;
+        self.validate_stages()?;
         Ok(Plan {
             listen,
             hosted,

@@ -16,8 +16,6 @@ use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::serve::ServeError;
-
 /// Candidates the echo recall returns, as the real one does.
 const CANDIDATES: u64 = 1_000;
 /// Items the echo fine-rank keeps, as the real one does.
@@ -189,18 +187,29 @@ impl recall_server::Recall for Echo {
     }
 }
 
+/// Why an echo process could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    /// `--next` is not a usable URL.
+    #[error("echo: --next: {0}")]
+    Next(String),
+    /// The gRPC server failed.
+    #[error("echo: grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the echo `stage` on `listener`, forwarding to `next`, until `shutdown`.
 pub async fn run_echo(
     stage: Stage,
     listener: TcpListener,
     next: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) -> Result<(), EchoError> {
     let limits = Limits::default();
     let next = match next {
         Some(url) => Some(
             tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| ServeError::Echo(e.to_string()))?
+                .map_err(|e| EchoError::Next(e.to_string()))?
                 .tcp_nodelay(true)
                 .connect_lazy(),
         ),

@@ -131,20 +131,17 @@ pub async fn eval(config: &Config, users: usize) -> Result<EvalReport, EvalError
         });
         let relevant: HashSet<u64> = unseen.iter().take(K_RECALL).copied().collect();
 
-        let mut request = tonic::Request::new(pb::GetFeedRequest {
+        let request = pb::GetFeedRequest {
             user_id: user.to_string(),
             page_size: K_RECALL as u32,
             ..Default::default()
-        });
-        request.metadata_mut().insert(
-            proxy_api::context::TENANT,
-            tonic::metadata::MetadataValue::from_static(EVAL_TENANT),
-        );
+        };
+        let cx = proxy_api::Cx::new().with_tenant(EVAL_TENANT);
         let response = business
-            .get_feed(request)
+            .get_feed(&cx, request)
             .await
             .map_err(|status| EvalError::Call { user, status })?;
-        let recommended: Vec<u64> = response.get_ref().items.iter().map(|i| i.item_id).collect();
+        let recommended: Vec<u64> = response.items.iter().map(|i| i.item_id).collect();
         pipeline.ndcg_at_20 += ndcg(&recommended, &relevant);
         pipeline.recall_at_100 += recall(&recommended, &relevant);
 

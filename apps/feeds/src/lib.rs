@@ -3,21 +3,35 @@
 //! a feed, and starts a whole topology as OS processes.
 //!
 //! # Layout
-//! - `bench`: `feeds bench`: every topology as OS processes under load, side by side.
-//! - `config`: [`Config`] (one section per stage plus `process`, `remote`,
-//!   `world`), figment layering and validation into a [`Plan`].
-//! - `wiring`: the only code that names concrete stage crates; builds the
-//!   [`proxy_api::Registry`] for a plan.
-//! - `serve`: `feeds serve`: bind, build, log the topology, serve with health.
+//! Serving (always built):
+//! - `stages`: the macro that turns the list of linked stage crates (in
+//!   `config.rs`) into the config's stage sections and the generic build of
+//!   each hosted stage.
+//! - `config`: [`Config`] (`process`, `remote`, `telemetry`, `world`, and one
+//!   section per linked stage), figment layering and validation into a [`Plan`].
+//! - `wiring`: builds the [`proxy_api::Registry`] for a plan through the
+//!   stage factories; names no stage crate.
+//! - `serve`: `feeds serve`: bind, build, log the topology, then the
+//!   runtime's server ([`proxy_api::server`]) with the metrics endpoint.
 //! - `telemetry`: logs (text or JSON), OTLP span export, the metrics endpoint.
 //! - `query`: `feeds query`: one `GetFeed` call, printed as a table or JSON.
+//! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
+//!
+//! The lab (feature `lab`, on by default; these name stage crates directly
+//! for their offline work):
+//! - `bench`: `feeds bench`: every topology as OS processes under load, side by side.
 //! - `echo`: `feeds echo`: the bare tonic chain `feeds bench` uses as a floor.
 //! - `eval`: `feeds eval`: quality against the world's hidden ground truth.
-//! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
 
+// Declares the macro `config` uses, so it comes first.
+#[macro_use]
+mod stages;
+#[cfg(feature = "lab")]
 pub mod bench;
 mod config;
+#[cfg(feature = "lab")]
 mod echo;
+#[cfg(feature = "lab")]
 mod eval;
 mod query;
 mod serve;
@@ -25,14 +39,17 @@ pub mod telemetry;
 mod topology;
 mod wiring;
 
+pub use config::LINKED;
 pub use config::{
     Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, TelemetryConfig, figment, load,
 };
+#[cfg(feature = "lab")]
 pub use echo::run_echo;
+#[cfg(feature = "lab")]
 pub use eval::{EvalError, EvalReport, Quality, eval};
 pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
-pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run};
+pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run, server_options};
 pub use topology::{
     Launch, Member, NAMED, Running, TopologyError, is_serving, launch, resolve, start,
 };
-pub use wiring::{WiringError, build, build_with, index_dir, world};
+pub use wiring::{WiringError, build, build_with, world};

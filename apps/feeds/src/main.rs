@@ -27,6 +27,7 @@ struct WorldArgs {
 }
 
 /// Which world to use and where to write the result.
+#[cfg(feature = "lab")]
 #[derive(clap::Args, Clone, Debug)]
 struct OutputArgs {
     /// TOML config file (its world section says which world).
@@ -57,6 +58,7 @@ enum Command {
         #[command(flatten)]
         world: WorldArgs,
     },
+    #[cfg(feature = "lab")]
     /// Measure the pipeline against the world's hidden ground truth
     /// (NDCG@20, Recall@100), next to a popularity-only baseline.
     Eval {
@@ -72,9 +74,11 @@ enum Command {
         #[command(flatten)]
         world: WorldArgs,
     },
+    #[cfg(feature = "lab")]
     /// Train the fine-rank model versions from the world's interaction log
     /// and write them as DIR/<version>.json (load them with finerank.model_dir).
     Train(OutputArgs),
+    #[cfg(feature = "lab")]
     /// Benchmark the monolith, five-pod and mixed topologies and a bare tonic
     /// echo chain as OS processes, side by side; writes JSON, Markdown and SVG.
     Bench {
@@ -91,6 +95,7 @@ enum Command {
         #[arg(long, default_value = "deploy/local")]
         dir: PathBuf,
     },
+    #[cfg(feature = "lab")]
     /// One process of the bare echo chain that `feeds bench` uses as a floor.
     #[command(hide = true)]
     Echo {
@@ -104,6 +109,7 @@ enum Command {
         #[arg(long)]
         next: Option<String>,
     },
+    #[cfg(feature = "lab")]
     /// Write the world to files (load them back with world.dir).
     World(OutputArgs),
     /// Call Business.GetFeed and print the page.
@@ -158,20 +164,25 @@ fn main() -> ExitCode {
             print_config,
             world,
         } => serve(config, world, print_config),
+        #[cfg(feature = "lab")]
         Command::Eval {
             config,
             sample,
             json,
             world,
         } => eval(config, world, sample, json),
+        #[cfg(feature = "lab")]
         Command::Train(a) => train(a.config, a.world, &a.out),
+        #[cfg(feature = "lab")]
         Command::World(a) => write_world(a.config, a.world, &a.out),
+        #[cfg(feature = "lab")]
         Command::Bench {
             quick,
             smoke,
             out,
             dir,
         } => bench(quick, smoke, out, dir),
+        #[cfg(feature = "lab")]
         Command::Echo {
             stage,
             listen,
@@ -260,6 +271,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+#[cfg(feature = "lab")]
 fn eval(file: Option<PathBuf>, world: WorldArgs, sample: usize, json: bool) -> ExitCode {
     let (config, _) = match load(file, world) {
         Ok(loaded) => loaded,
@@ -287,6 +299,7 @@ fn eval(file: Option<PathBuf>, world: WorldArgs, sample: usize, json: bool) -> E
     }
 }
 
+#[cfg(feature = "lab")]
 fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> ExitCode {
     let (config, _) = match load(file, world) {
         Ok(loaded) => loaded,
@@ -311,6 +324,7 @@ fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> Exit
     exit(result)
 }
 
+#[cfg(feature = "lab")]
 fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCode {
     use feeds::bench::{BenchOptions, Mode};
     let mode = if smoke {
@@ -343,6 +357,7 @@ fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCo
     exit(result)
 }
 
+#[cfg(feature = "lab")]
 fn echo(stage: &str, listen: std::net::SocketAddr, next: Option<String>) -> ExitCode {
     let Some(stage) = proxy_api::Stage::from_name(stage) else {
         eprintln!("error: --stage {stage:?}: unknown stage");
@@ -362,6 +377,7 @@ fn echo(stage: &str, listen: std::net::SocketAddr, next: Option<String>) -> Exit
     exit(result)
 }
 
+#[cfg(feature = "lab")]
 fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> ExitCode {
     let (config, _) = match load(file, world) {
         Ok(loaded) => loaded,
@@ -376,7 +392,7 @@ fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -
             let started = std::time::Instant::now();
             let stage = recall::RecallStage::new(std::sync::Arc::new(w), config.recall.clone());
             let built = started.elapsed().as_secs_f32();
-            let dir = feeds::index_dir(out);
+            let dir = recall::index_dir(out);
             stage.save_index(&dir)?;
             eprintln!(
                 "wrote the recall index ({} shards, built in {built:.1} s) to {}",

@@ -95,7 +95,6 @@ pub fn init(config: &TelemetryConfig, plan: &Plan) -> anyhow::Result<TelemetryGu
                 .with_filter(export),
         )
     };
-    proxy_api::observe::set_local_calls_observed(config.observe_local_calls);
     let enabled = otel.is_some();
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter(config)))

@@ -1,11 +1,13 @@
-//! The one place that knows the concrete stage crates: builds the registry
-//! for a plan, binding remote stages and providing hosted ones, callee first
-//! so every hosted stage finds its downstream already bound.
+//! Builds the registry for a plan: binds the remote stages, then builds every
+//! hosted stage through its crate's factory (see `stages.rs`), callees first,
+//! so each finds its downstream already bound. Knows no stage crate by name.
 
 use std::sync::Arc;
 
-use proxy_api::{Registry, RegistryError, Stage};
-use world::World;
+use proxy_api::{BuildError, Registry, RegistryError, Resources, RuntimeOptions};
+use world::{World, WorldDir};
+
+use crate::config::{Config, Plan};
 
 /// A stage or its data could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +18,6 @@ pub enum WiringError {
     /// The world files could not be loaded.
     #[error("world.dir: {0}")]
     World(#[from] world::FileError),
-    /// The saved ANN index next to the world files cannot be used.
-    #[error("world.dir: recall index {0}")]
-    Index(String),
     /// A stage refused its config or data.
     #[error("{stage}: {message}")]
     Stage {
@@ -27,13 +26,6 @@ pub enum WiringError {
         /// What it said.
         message: String,
     },
-}
-
-fn stage_err(stage: Stage, e: impl std::fmt::Display) -> WiringError {
-    WiringError::Stage {
-        stage: stage.name(),
-        message: e.to_string(),
-    }
 }
 
 /// The world `config` describes: loaded from `world.dir` or generated.
@@ -53,29 +45,27 @@ pub fn world(config: &Config) -> Result<World, WiringError> {
     Ok(world)
 }
 
-use crate::config::{Config, Plan};
-
-/// Where the recall index lives next to a world's files.
-pub fn index_dir(world_dir: &std::path::Path) -> std::path::PathBuf {
-    world_dir.join("index")
+/// The shared data stages may ask for: the world (made on first use, so a
+/// process hosting no stage that reads it never builds it) and, with
+/// `world.dir`, where its files are.
+fn resources(config: &Config, world: Option<Arc<World>>) -> Resources {
+    let mut resources = Resources::default();
+    match world {
+        Some(world) => resources.insert(world),
+        None => {
+            let config = config.clone();
+            resources.lazy(move || self::world(&config).map_err(BuildError::new));
+        }
+    }
+    if let Some(dir) = &config.world.dir {
+        resources.insert(Arc::new(WorldDir(dir.into())));
+    }
+    resources
 }
 
-/// Stages that read the catalogue; a process hosting none of them skips it.
-const READS_WORLD: [Stage; 4] = [
-    Stage::Business,
-    Stage::Rerank,
-    Stage::FineRank,
-    Stage::Recall,
-];
-
-/// The registry for `plan`. Generates the world once, shared by every hosted
-/// stage, if any of them reads it. Must run inside a tokio runtime.
+/// The registry for `plan`. Must run inside a tokio runtime.
 pub fn build(config: &Config, plan: &Plan) -> Result<Registry, WiringError> {
-    let world = match READS_WORLD.iter().any(|s| plan.hosts(*s)) {
-        true => Some(Arc::new(world(config)?)),
-        false => None,
-    };
-    build_with(config, plan, world)
+    build_with(config, plan, None)
 }
 
 /// As [`build`], with a world the caller already has (tests share one).
@@ -84,59 +74,25 @@ pub fn build_with(
     plan: &Plan,
     world: Option<Arc<World>>,
 ) -> Result<Registry, WiringError> {
-    let mut registry = Registry::empty();
+    let mut registry = Registry::with_options(RuntimeOptions {
+        observe_local_calls: config.telemetry.observe_local_calls,
+    });
     for (stage, remote) in &plan.remotes {
         registry.bind_remote(*stage, remote, config.process.limits)?;
     }
-    let world = || {
-        world.clone().ok_or(RegistryError::Unbound(
-            "world (the catalogue was not generated)",
-        ))
-    };
-    for stage in Stage::ALL.iter().rev().filter(|s| plan.hosts(**s)) {
+    let resources = resources(config, world);
+    for stage in proxy_api::Stage::ALL
+        .iter()
+        .rev()
+        .filter(|s| plan.hosts(**s))
+    {
         let started = std::time::Instant::now();
-        match stage {
-            Stage::Recall => {
-                let stage = match &config.world.dir {
-                    // Files next to the world: load the index saved there.
-                    Some(dir) => recall::RecallStage::with_index_dir(
-                        world()?,
-                        config.recall.clone(),
-                        &index_dir(std::path::Path::new(dir)),
-                    )
-                    .map_err(|e| WiringError::Index(e.to_string()))?,
-                    None => recall::RecallStage::new(world()?, config.recall.clone()),
-                };
-                registry.provide_recall(Arc::new(stage))?
+        crate::config::provide(*stage, config, &mut registry, &resources).map_err(|e| {
+            WiringError::Stage {
+                stage: stage.name(),
+                message: e.to_string(),
             }
-            Stage::FineRank => {
-                let stage = finerank::FineRankStage::new(
-                    world()?,
-                    config.finerank.clone(),
-                    registry.recall()?,
-                )
-                .map_err(|e| stage_err(Stage::FineRank, e))?;
-                registry.provide_finerank(Arc::new(stage))?
-            }
-            Stage::Rerank => {
-                let stage =
-                    rerank::RerankStage::new(world()?, config.rerank.clone(), registry.finerank()?);
-                registry.provide_rerank(Arc::new(stage))?
-            }
-            Stage::Split => {
-                let stage = split::SplitStage::new(config.split.clone(), registry.rerank()?)
-                    .map_err(|e| stage_err(Stage::Split, e))?;
-                registry.provide_split(Arc::new(stage))?
-            }
-            Stage::Business => {
-                let stage = business::BusinessStage::new(
-                    world()?,
-                    config.business.clone(),
-                    registry.split()?,
-                );
-                registry.provide_business(Arc::new(stage))?
-            }
-        }
+        })?;
         tracing::info!(
             stage = stage.name(),
             seconds = started.elapsed().as_secs_f32(),

@@ -112,9 +112,7 @@ async fn saved_world_and_models_answer_like_the_generated_ones() {
             let business = registry.business().expect("local");
             let mut out = Vec::new();
             for (i, case) in cases.iter().enumerate() {
-                out.push(common::outcome(
-                    business.get_feed(common::request(case, i)).await,
-                ));
+                out.push(common::call(business.as_ref(), case, i).await);
             }
             out
         }

@@ -7,8 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proxy_api::context::Deadline;
-use proxy_api::{Limits, Recall, Registry, RemoteConfig, Stage, pb};
+use proxy_api::{Cx, Limits, Recall, Registry, RemoteConfig, Stage, pb};
 
 /// A recall that takes far longer than any deadline in these tests.
 struct Slow;
@@ -17,28 +16,29 @@ struct Slow;
 impl Recall for Slow {
     async fn recall(
         &self,
-        _: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
+        _: &Cx,
+        _: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, proxy_api::Status> {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        Ok(tonic::Response::new(pb::RecallResponse::default()))
+        Ok(pb::RecallResponse::default())
     }
 }
 
-fn with_deadline(after: Duration) -> tonic::Request<pb::RecallRequest> {
-    let mut request = tonic::Request::new(pb::RecallRequest::default());
-    request
-        .extensions_mut()
-        .insert(Deadline(Instant::now() + after));
-    request
+fn with_deadline(after: Duration) -> Cx {
+    Cx::new().with_deadline(Instant::now() + after)
 }
 
 async fn expect_deadline(stub: Arc<dyn Recall>, after: Duration) {
     let started = Instant::now();
     // The outer timeout only turns a hang into a failure.
-    let status = tokio::time::timeout(Duration::from_secs(10), stub.recall(with_deadline(after)))
-        .await
-        .expect("the deadline must end the call")
-        .expect_err("the stage is too slow");
+    let cx = with_deadline(after);
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        stub.recall(&cx, pb::RecallRequest::default()),
+    )
+    .await
+    .expect("the deadline must end the call")
+    .expect_err("the stage is too slow");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(
         started.elapsed() >= after.saturating_sub(Duration::from_millis(5)),
@@ -62,17 +62,14 @@ async fn slow_stage_times_out_in_both_bindings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadline_end_to_end() {
     let case = &common::cases(3)[2];
-    let short = |mut r: tonic::Request<pb::GetFeedRequest>| {
-        r.set_timeout(Duration::from_micros(1));
-        r
-    };
+    let short = |cx: Cx| cx.with_timeout(Duration::from_micros(1));
     // In-process monolith.
     let (config, plan) = common::config_for(&Stage::ALL, "127.0.0.1:0".parse().expect("addr"), &[]);
     let registry = feeds::build(&config, &plan).expect("registry");
     let status = registry
         .business()
         .expect("local")
-        .get_feed(short(common::request(case, 0)))
+        .get_feed(&short(common::cx(case, 0)), case.request.clone())
         .await
         .expect_err("expired");
     assert_eq!(
@@ -95,11 +92,11 @@ async fn expired_deadline_end_to_end() {
         .expect("bind");
     let business = remote.business().expect("remote business");
     for after in [Duration::from_micros(1), Duration::from_micros(500)] {
-        let mut request = common::request(case, 0);
-        request
-            .extensions_mut()
-            .insert(Deadline(Instant::now() + after));
-        let status = business.get_feed(request).await.expect_err("expired");
+        let cx = common::cx(case, 0).with_deadline(Instant::now() + after);
+        let status = business
+            .get_feed(&cx, case.request.clone())
+            .await
+            .expect_err("expired");
         assert_eq!(
             status.code(),
             tonic::Code::DeadlineExceeded,
@@ -125,7 +122,7 @@ async fn requests_without_a_deadline_get_the_default() {
         remote
             .recall()
             .expect("remote")
-            .recall(tonic::Request::new(pb::RecallRequest::default())),
+            .recall(&Cx::new(), pb::RecallRequest::default()),
     )
     .await
     .expect("the default deadline must end the call")

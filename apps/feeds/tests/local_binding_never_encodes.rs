@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cases, outcome, request, run_grpc, serve_groups};
+use common::{cases, run_grpc, serve_groups};
 use proxy_api::{Stage, codec};
 
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn local_binding_never_encodes() {
     let before = codec::encoded_messages();
     let mut ok = 0;
     for (i, case) in cases.iter().enumerate() {
-        ok += usize::from(outcome(business.get_feed(request(case, i)).await).is_ok());
+        ok += usize::from(common::call(business.as_ref(), case, i).await.is_ok());
     }
     assert!(ok > 15, "the calls must succeed to prove anything ({ok})");
     assert_eq!(

@@ -4,12 +4,35 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proxy_api::context::{Deadline, REQUEST_ID, TENANT};
-use proxy_api::{CallContext, Recall, Registry, Stage, pb};
-use tonic::metadata::MetadataValue;
+use proxy_api::context::{REQUEST_ID, TENANT};
+use proxy_api::{Cx, Recall, Registry, Stage, pb};
+
+/// What the callee saw of its context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CallContext {
+    request_id: Option<String>,
+    tenant: Option<String>,
+    deadline: Option<Instant>,
+    headers: BTreeMap<String, String>,
+}
+
+impl CallContext {
+    fn of(cx: &Cx) -> Self {
+        Self {
+            request_id: cx.request_id().map(str::to_owned),
+            tenant: cx.tenant().map(str::to_owned),
+            deadline: cx.deadline(),
+            headers: cx
+                .headers()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
 
 /// A recall that records the context it was called with.
 #[derive(Default)]
@@ -19,42 +42,34 @@ struct Capture(Mutex<Vec<CallContext>>);
 impl Recall for Capture {
     async fn recall(
         &self,
-        request: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        self.0.lock().expect("lock").push(CallContext::of(&request));
-        Ok(tonic::Response::new(pb::RecallResponse::default()))
+        cx: &Cx,
+        _: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, proxy_api::Status> {
+        self.0.lock().expect("lock").push(CallContext::of(cx));
+        Ok(pb::RecallResponse::default())
     }
 }
 
-fn incoming(deadline: Instant) -> tonic::Request<pb::RecallRequest> {
-    let mut request = tonic::Request::new(pb::RecallRequest {
+/// The context a stage forwards: request id, tenant, other `x-` headers,
+/// trace context, and a header that must not cross.
+fn incoming(deadline: Instant) -> Cx {
+    Cx::new()
+        .with_header(REQUEST_ID, "req-123")
+        .with_header(TENANT, "acme")
+        .with_header("x-colour", "blue")
+        .with_header("x-shadow", "1")
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .with_header("authorization", "not forwarded")
+        .with_deadline(deadline)
+}
+
+fn message() -> pb::RecallRequest {
+    pb::RecallRequest {
         user_id: "7".into(),
         ..Default::default()
-    });
-    let md = request.metadata_mut();
-    md.insert(REQUEST_ID, MetadataValue::from_static("req-123"));
-    md.insert(TENANT, MetadataValue::from_static("acme"));
-    md.insert("x-colour", MetadataValue::from_static("blue"));
-    md.insert("x-shadow", MetadataValue::from_static("1"));
-    md.insert(
-        "traceparent",
-        MetadataValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-    );
-    md.insert("authorization", MetadataValue::from_static("not forwarded"));
-    // As a stage forwards it: through CallContext::request.
-    CallContext::of(&request)
-        .request(request.into_inner())
-        .tap_deadline(deadline)
-}
-
-trait TapDeadline {
-    fn tap_deadline(self, deadline: Instant) -> Self;
-}
-
-impl<T> TapDeadline for tonic::Request<T> {
-    fn tap_deadline(mut self, deadline: Instant) -> Self {
-        self.extensions_mut().insert(Deadline(deadline));
-        self
     }
 }
 
@@ -69,7 +84,7 @@ async fn callee_sees_the_same_context_in_both_bindings() {
     local
         .recall()
         .expect("bound")
-        .recall(incoming(deadline))
+        .recall(&incoming(deadline), message())
         .await
         .expect("local call");
 
@@ -78,7 +93,7 @@ async fn callee_sees_the_same_context_in_both_bindings() {
     remote
         .recall()
         .expect("bound")
-        .recall(incoming(deadline))
+        .recall(&incoming(deadline), message())
         .await
         .expect("grpc call");
     server.abort();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Case, Outcome, cases, deploy_dir, outcome, request, run_grpc, serve_groups};
+use common::{Case, Outcome, cases, deploy_dir, run_grpc, serve_groups};
 use proxy_api::Stage;
 
 /// Reference: every stage local, called through the registry in this process.
@@ -16,7 +16,7 @@ async fn in_process_local(cases: &[Case]) -> Vec<Outcome> {
     let business = registry.business().expect("business is local");
     let mut out = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        out.push(outcome(business.get_feed(request(case, i)).await));
+        out.push(common::call(business.as_ref(), case, i).await);
     }
     out
 }

@@ -34,7 +34,7 @@ async fn unreachable_downstream_is_unavailable_and_named() {
     // The guard only turns a hang into a failure; it is not a speed assertion.
     let status = tokio::time::timeout(
         Duration::from_secs(20),
-        business.get_feed(common::request(case, 0)),
+        business.get_feed(&common::cx(case, 0), case.request.clone()),
     )
     .await
     .expect("the call must not hang")

@@ -16,14 +16,14 @@ pub enum Error {
     UnknownTenant(String),
     /// A stage below failed.
     #[error(transparent)]
-    Downstream(#[from] tonic::Status),
+    Downstream(#[from] proxy_api::Status),
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(err.to_string()),
-            Error::UnknownTenant(_) => tonic::Status::not_found(err.to_string()),
+            Error::InvalidArgument { .. } => proxy_api::Status::invalid_argument(err.to_string()),
+            Error::UnknownTenant(_) => proxy_api::Status::not_found(err.to_string()),
             Error::Downstream(status) => status,
         }
     }

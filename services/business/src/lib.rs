@@ -10,4 +10,4 @@ mod stage;
 
 pub use config::{Config, TenantConfig};
 pub use error::Error;
-pub use stage::{BusinessStage, Page};
+pub use stage::{BusinessStage, Factory, Page};

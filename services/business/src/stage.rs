@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use proxy_api::{CallContext, SelfTimer, Stage, pb};
+use proxy_api::{Cx, Status, pb};
 use world::World;
 
 use crate::config::MAX_POOL;
@@ -138,12 +138,10 @@ impl BusinessStage {
 impl proxy_api::Business for BusinessStage {
     async fn get_feed(
         &self,
-        request: tonic::Request<pb::GetFeedRequest>,
-    ) -> Result<tonic::Response<pb::GetFeedResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start(request.get_ref().explain);
-        let ctx = CallContext::of(&request);
-        let request = request.into_inner();
-        let (tenant, page) = self.check(ctx.tenant.as_deref(), &request)?;
+        cx: &Cx,
+        request: pb::GetFeedRequest,
+    ) -> Result<pb::GetFeedResponse, Status> {
+        let (tenant, page) = self.check(cx.tenant(), &request)?;
         let limits = &self.config.tenants[&tenant];
         // With a category filter, ask for the whole pool so filtering still fills the page.
         // One item past the page tells whether there is a next page.
@@ -153,26 +151,50 @@ impl proxy_api::Business for BusinessStage {
             MAX_POOL
         };
         let context = self.with_history(&request.user_id, request.context);
-        let split = timer
-            .downstream(self.split.split(ctx.request(pb::SplitRequest {
-                user_id: request.user_id,
-                limit,
-                context: Some(context),
-                layers: limits.layers.clone(),
-                explain: request.explain,
-            })))
+        let split = self
+            .split
+            .split(
+                cx,
+                pb::SplitRequest {
+                    user_id: request.user_id,
+                    limit,
+                    context: Some(context),
+                    layers: limits.layers.clone(),
+                    explain: request.explain,
+                },
+            )
             .await
-            .map_err(Error::from)?
-            .into_inner();
+            .map_err(Error::from)?;
         let (items, next_cursor) = self.page(&tenant, page, split.items);
-        let mut timings = split.timings;
-        timer.record(Stage::Business, &mut timings);
-        Ok(tonic::Response::new(pb::GetFeedResponse {
+        Ok(pb::GetFeedResponse {
             items,
             next_cursor,
             assignment: split.assignment,
-            timings,
-        }))
+            timings: Vec::new(),
+        })
+    }
+}
+
+/// How a process builds the business stage (see [`proxy_api::StageFactory`]).
+pub struct Factory;
+
+impl proxy_api::StageFactory for Factory {
+    type Service = proxy_api::BusinessService;
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), proxy_api::ConfigError> {
+        config.validate()
+    }
+
+    fn build(
+        config: &Config,
+        deps: &proxy_api::Deps<'_>,
+    ) -> Result<Arc<dyn proxy_api::Business>, proxy_api::BuildError> {
+        Ok(Arc::new(BusinessStage::new(
+            deps.resource::<World>()?,
+            config.clone(),
+            deps.downstream::<proxy_api::SplitService>()?,
+        )))
     }
 }
 
@@ -241,7 +263,7 @@ mod tests {
         let err = stage()
             .check(Some("acme"), &request("1", 10, ""))
             .expect_err("acme");
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+        assert_eq!(Status::from(err).code(), proxy_api::Code::NotFound);
     }
 
     #[test]

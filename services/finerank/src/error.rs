@@ -18,14 +18,14 @@ pub enum Error {
     Model(#[from] crate::ModelError),
     /// Recall failed.
     #[error(transparent)]
-    Downstream(#[from] tonic::Status),
+    Downstream(#[from] proxy_api::Status),
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
-            Error::Model(_) => tonic::Status::internal(err.to_string()),
+            Error::BadParam { .. } => proxy_api::Status::invalid_argument(err.to_string()),
+            Error::Model(_) => proxy_api::Status::internal(err.to_string()),
             Error::Downstream(status) => status,
         }
     }

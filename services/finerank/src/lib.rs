@@ -16,5 +16,5 @@ mod train;
 pub use config::Config;
 pub use error::Error;
 pub use model::{FEATURES, Features, Model, ModelError, TrainInfo};
-pub use stage::{FineRankStage, Models, Query, Scored};
+pub use stage::{Factory, FineRankStage, Models, Query, Scored};
 pub use train::{TrainParams, train};

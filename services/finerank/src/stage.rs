@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use proxy_api::{CallContext, SelfTimer, Stage, pb};
+use proxy_api::{Cx, Status, pb};
 use world::World;
 
 use crate::features::FeatureBuilder;
@@ -164,30 +164,53 @@ impl FineRankStage {
 
 #[proxy_api::async_trait]
 impl proxy_api::FineRank for FineRankStage {
-    async fn rank(
-        &self,
-        request: tonic::Request<pb::RankRequest>,
-    ) -> Result<tonic::Response<pb::RankResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start(request.get_ref().explain);
-        let ctx = CallContext::of(&request);
-        let request = request.into_inner();
+    async fn rank(&self, cx: &Cx, request: pb::RankRequest) -> Result<pb::RankResponse, Status> {
         let query = Query::from_pb(&request);
-        let recalled = timer
-            .downstream(self.recall.recall(ctx.request(pb::RecallRequest {
-                user_id: request.user_id,
-                context: request.context,
-                assignment: request.assignment,
-                explain: request.explain,
-            })))
-            .await?
-            .into_inner();
+        let recalled = self
+            .recall
+            .recall(
+                cx,
+                pb::RecallRequest {
+                    user_id: request.user_id,
+                    context: request.context,
+                    assignment: request.assignment,
+                    explain: request.explain,
+                },
+            )
+            .await?;
         let items = self
             .rank(&query, recalled.items)?
             .into_iter()
             .map(Into::into)
             .collect();
-        let mut timings = recalled.timings;
-        timer.record(Stage::FineRank, &mut timings);
-        Ok(tonic::Response::new(pb::RankResponse { items, timings }))
+        Ok(pb::RankResponse {
+            items,
+            timings: Vec::new(),
+        })
+    }
+}
+
+/// How a process builds the fine-rank stage (see [`proxy_api::StageFactory`]).
+pub struct Factory;
+
+impl proxy_api::StageFactory for Factory {
+    type Service = proxy_api::FineRankService;
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), proxy_api::ConfigError> {
+        config.validate()
+    }
+
+    fn build(
+        config: &Config,
+        deps: &proxy_api::Deps<'_>,
+    ) -> Result<Arc<dyn proxy_api::FineRank>, proxy_api::BuildError> {
+        let stage = FineRankStage::new(
+            deps.resource::<World>()?,
+            config.clone(),
+            deps.downstream::<proxy_api::RecallService>()?,
+        )
+        .map_err(proxy_api::BuildError::new)?;
+        Ok(Arc::new(stage))
     }
 }

@@ -13,10 +13,10 @@ pub enum Error {
     },
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::BadParam { .. } => proxy_api::Status::invalid_argument(err.to_string()),
         }
     }
 }

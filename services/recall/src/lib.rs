@@ -14,4 +14,4 @@ mod stage;
 pub use config::Config;
 pub use error::Error;
 pub use index::{AnnIndex, IndexFileError, IndexParams};
-pub use stage::{Candidate, Channel, Query, RecallStage};
+pub use stage::{Candidate, Channel, Factory, Query, RecallStage, index_dir};

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proxy_api::{SelfTimer, Stage, pb};
+use proxy_api::{Cx, Status, pb};
 use world::World;
 
 use crate::{AnnIndex, Config, Error, IndexParams};
@@ -245,16 +245,48 @@ impl RecallStage {
 impl proxy_api::Recall for RecallStage {
     async fn recall(
         &self,
-        request: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        let timer = SelfTimer::start(request.get_ref().explain);
-        let request = request.into_inner();
+        _cx: &Cx,
+        request: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, Status> {
         let query = Query::from_pb(&request);
         let items = self.recall(&query)?.into_iter().map(Into::into).collect();
-        let mut timings = Vec::new();
-        timer.record(Stage::Recall, &mut timings);
-        Ok(tonic::Response::new(pb::RecallResponse { items, timings }))
+        Ok(pb::RecallResponse {
+            items,
+            timings: Vec::new(),
+        })
     }
+}
+
+/// How a process builds the recall stage (see [`proxy_api::StageFactory`]).
+/// With a world loaded from files ([`world::WorldDir`]) it loads the index
+/// saved next to them instead of building one.
+pub struct Factory;
+
+impl proxy_api::StageFactory for Factory {
+    type Service = proxy_api::RecallService;
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), proxy_api::ConfigError> {
+        config.validate()
+    }
+
+    fn build(
+        config: &Config,
+        deps: &proxy_api::Deps<'_>,
+    ) -> Result<Arc<dyn proxy_api::Recall>, proxy_api::BuildError> {
+        let world = deps.resource::<World>()?;
+        let stage = match deps.optional::<world::WorldDir>()? {
+            Some(dir) => RecallStage::with_index_dir(world, config.clone(), &index_dir(&dir.0))
+                .map_err(|e| proxy_api::BuildError::new(format!("world.dir: recall index {e}")))?,
+            None => RecallStage::new(world, config.clone()),
+        };
+        Ok(Arc::new(stage))
+    }
+}
+
+/// Where the recall index lives next to a world's files.
+pub fn index_dir(world_dir: &std::path::Path) -> std::path::PathBuf {
+    world_dir.join("index")
 }
 
 #[cfg(test)]

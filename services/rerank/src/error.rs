@@ -13,13 +13,13 @@ pub enum Error {
     },
     /// Fine-rank failed.
     #[error(transparent)]
-    Downstream(#[from] tonic::Status),
+    Downstream(#[from] proxy_api::Status),
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::BadParam { .. } => proxy_api::Status::invalid_argument(err.to_string()),
             Error::Downstream(status) => status,
         }
     }

@@ -11,4 +11,4 @@ mod stage;
 
 pub use config::{Config, PageRules};
 pub use error::Error;
-pub use stage::{Pick, RerankStage};
+pub use stage::{Factory, Pick, RerankStage};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use proxy_api::{CallContext, SelfTimer, Stage, pb};
+use proxy_api::{Cx, Status, pb};
 use world::World;
 
 use crate::{Config, Error, PageRules};
@@ -146,36 +146,61 @@ impl RerankStage {
 impl proxy_api::Rerank for RerankStage {
     async fn rerank(
         &self,
-        request: tonic::Request<pb::RerankRequest>,
-    ) -> Result<tonic::Response<pb::RerankResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start(request.get_ref().explain);
-        let ctx = CallContext::of(&request);
-        let request = request.into_inner();
+        cx: &Cx,
+        request: pb::RerankRequest,
+    ) -> Result<pb::RerankResponse, Status> {
         let params = request
             .assignment
             .as_ref()
             .map(|a| a.params.clone())
             .unwrap_or_default();
         let lambda = self.lambda(&params)?;
-        let rules = self.config.rules_for(ctx.tenant.as_deref());
-        let ranked = timer
-            .downstream(self.finerank.rank(ctx.request(pb::RankRequest {
-                user_id: request.user_id,
-                context: request.context,
-                assignment: request.assignment,
-                explain: request.explain,
-            })))
-            .await?
-            .into_inner();
+        let rules = self.config.rules_for(cx.tenant());
+        let ranked = self
+            .finerank
+            .rank(
+                cx,
+                pb::RankRequest {
+                    user_id: request.user_id,
+                    context: request.context,
+                    assignment: request.assignment,
+                    explain: request.explain,
+                },
+            )
+            .await?;
         let pool = ranked.items.into_iter().map(Pick::from).collect();
         let items = self
             .compose(lambda, rules, request.limit as usize, pool)
             .into_iter()
             .map(Into::into)
             .collect();
-        let mut timings = ranked.timings;
-        timer.record(Stage::Rerank, &mut timings);
-        Ok(tonic::Response::new(pb::RerankResponse { items, timings }))
+        Ok(pb::RerankResponse {
+            items,
+            timings: Vec::new(),
+        })
+    }
+}
+
+/// How a process builds the rerank stage (see [`proxy_api::StageFactory`]).
+pub struct Factory;
+
+impl proxy_api::StageFactory for Factory {
+    type Service = proxy_api::RerankService;
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), proxy_api::ConfigError> {
+        config.validate()
+    }
+
+    fn build(
+        config: &Config,
+        deps: &proxy_api::Deps<'_>,
+    ) -> Result<Arc<dyn proxy_api::Rerank>, proxy_api::BuildError> {
+        Ok(Arc::new(RerankStage::new(
+            deps.resource::<World>()?,
+            config.clone(),
+            deps.downstream::<proxy_api::FineRankService>()?,
+        )))
     }
 }
 

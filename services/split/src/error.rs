@@ -5,10 +5,10 @@
 pub enum Error {
     /// Rerank failed.
     #[error(transparent)]
-    Downstream(#[from] tonic::Status),
+    Downstream(#[from] proxy_api::Status),
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
             Error::Downstream(status) => status,

@@ -10,4 +10,4 @@ mod stage;
 
 pub use config::{Config, Experiment, Experiments, Layer};
 pub use error::Error;
-pub use stage::{Assignment, Hit, SplitStage};
+pub use stage::{Assignment, Factory, Hit, SplitStage};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use proxy_api::{CallContext, SelfTimer, Stage, pb};
+use proxy_api::{Cx, Status, pb};
 
 use crate::config::BUCKETS;
 use crate::{Config, Error, Experiments};
@@ -91,33 +91,50 @@ impl SplitStage {
 
 #[proxy_api::async_trait]
 impl proxy_api::Split for SplitStage {
-    async fn split(
-        &self,
-        request: tonic::Request<pb::SplitRequest>,
-    ) -> Result<tonic::Response<pb::SplitResponse>, tonic::Status> {
-        let mut timer = SelfTimer::start(request.get_ref().explain);
-        let ctx = CallContext::of(&request);
-        let request = request.into_inner();
+    async fn split(&self, cx: &Cx, request: pb::SplitRequest) -> Result<pb::SplitResponse, Status> {
         let assignment: pb::Assignment = self.assign(&request.user_id, &request.layers).into();
         // The context is moved, not copied: split passes it through untouched.
-        let reranked = timer
-            .downstream(self.rerank.rerank(ctx.request(pb::RerankRequest {
-                user_id: request.user_id,
-                limit: request.limit,
-                context: request.context,
-                assignment: Some(assignment.clone()),
-                explain: request.explain,
-            })))
+        let reranked = self
+            .rerank
+            .rerank(
+                cx,
+                pb::RerankRequest {
+                    user_id: request.user_id,
+                    limit: request.limit,
+                    context: request.context,
+                    assignment: Some(assignment.clone()),
+                    explain: request.explain,
+                },
+            )
             .await
-            .map_err(Error::from)?
-            .into_inner();
-        let mut timings = reranked.timings;
-        timer.record(Stage::Split, &mut timings);
-        Ok(tonic::Response::new(pb::SplitResponse {
+            .map_err(Error::from)?;
+        Ok(pb::SplitResponse {
             items: reranked.items,
             assignment: Some(assignment),
-            timings,
-        }))
+            timings: Vec::new(),
+        })
+    }
+}
+
+/// How a process builds the split stage (see [`proxy_api::StageFactory`]).
+pub struct Factory;
+
+impl proxy_api::StageFactory for Factory {
+    type Service = proxy_api::SplitService;
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), proxy_api::ConfigError> {
+        config.validate()
+    }
+
+    fn build(
+        config: &Config,
+        deps: &proxy_api::Deps<'_>,
+    ) -> Result<Arc<dyn proxy_api::Split>, proxy_api::BuildError> {
+        Ok(Arc::new(SplitStage::new(
+            config.clone(),
+            deps.downstream::<proxy_api::RerankService>()?,
+        )?))
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use proxy_api::pb::{self, business_client::BusinessClient};
-use proxy_api::{Recall, Registry, Stage};
+use proxy_api::{Cx, Recall, Registry, Stage};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -582,32 +582,40 @@ struct Nop;
 impl Recall for Nop {
     async fn recall(
         &self,
-        _: tonic::Request<pb::RecallRequest>,
-    ) -> Result<tonic::Response<pb::RecallResponse>, tonic::Status> {
-        Ok(tonic::Response::new(pb::RecallResponse::default()))
+        _: &Cx,
+        _: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, proxy_api::Status> {
+        Ok(pb::RecallResponse::default())
     }
 }
 
-/// Direct call vs local binding, the same loop, the same process.
+/// Direct call vs local binding, the same loop, the same process, on the
+/// serving path: the context has a deadline that a timer above bounds, as
+/// inside every request `feeds serve` handles.
 async fn local_hop() -> LocalHop {
     const N: u32 = 200_000;
-    let mut registry = Registry::empty();
-    if registry.provide_recall(Arc::new(Nop)).is_err() {
-        return LocalHop::default();
-    }
-    let Ok(stub) = registry.recall() else {
+    let stub = |observe_local_calls| {
+        let mut registry = Registry::with_options(proxy_api::RuntimeOptions {
+            observe_local_calls,
+        });
+        registry.provide_recall(Arc::new(Nop)).ok()?;
+        registry.recall().ok()
+    };
+    let (Some(observed), Some(unobserved)) = (stub(true), stub(false)) else {
         return LocalHop::default();
     };
-    let time = |local: bool| {
-        let stub = stub.clone();
+    let cx = Cx::new()
+        .with_timeout(Duration::from_secs(3600))
+        .assume_bounded();
+    let time = |stub: Option<Arc<dyn Recall>>| {
+        let cx = &cx;
         async move {
             let start = Instant::now();
             for _ in 0..N {
-                let r = tonic::Request::new(pb::RecallRequest::default());
-                let _ = std::hint::black_box(if local {
-                    stub.recall(r).await
-                } else {
-                    Nop.recall(r).await
+                let r = pb::RecallRequest::default();
+                let _ = std::hint::black_box(match &stub {
+                    Some(stub) => stub.recall(cx, r).await,
+                    None => Nop.recall(cx, r).await,
                 });
             }
             start.elapsed().as_nanos() as f64 / f64::from(N)
@@ -615,15 +623,11 @@ async fn local_hop() -> LocalHop {
     };
     // Interleave to spread any machine noise over all three.
     let (mut direct, mut local, mut bare) = (Vec::new(), Vec::new(), Vec::new());
-    let observed = proxy_api::observe::local_calls_observed();
     for _ in 0..5 {
-        direct.push(time(false).await);
-        proxy_api::observe::set_local_calls_observed(true);
-        local.push(time(true).await);
-        proxy_api::observe::set_local_calls_observed(false);
-        bare.push(time(true).await);
+        direct.push(time(None).await);
+        local.push(time(Some(observed.clone())).await);
+        bare.push(time(Some(unobserved.clone())).await);
     }
-    proxy_api::observe::set_local_calls_observed(observed);
     LocalHop {
         direct_ns: Stat::of(direct).median,
         local_ns: Stat::of(local).median,

@@ -117,6 +117,25 @@ pub fn request(case: &Case, i: usize) -> tonic::Request<pb::GetFeedRequest> {
     request
 }
 
+/// The context `request(case, i)` carries, for calls through a registry.
+pub fn cx(case: &Case, i: usize) -> proxy_api::Cx {
+    let cx = proxy_api::Cx::new()
+        .with_timeout(Duration::from_secs(30))
+        .with_request_id(&format!("parity-{i}"));
+    match case.tenant {
+        Some(t) => cx.with_tenant(t),
+        None => cx,
+    }
+}
+
+/// Case `i` through a registry's business stage (either binding).
+pub async fn call(business: &dyn proxy_api::Business, case: &Case, i: usize) -> Outcome {
+    business
+        .get_feed(&cx(case, i), case.request.clone())
+        .await
+        .map_err(|s| (s.code(), s.message().to_owned()))
+}
+
 pub fn outcome(r: Result<tonic::Response<pb::GetFeedResponse>, tonic::Status>) -> Outcome {
     r.map(tonic::Response::into_inner)
         .map_err(|s| (s.code(), s.message().to_owned()))

@@ -1,0 +1,134 @@
+//! The three stacks the generated adapters hold, one per method.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::ServiceBuilder;
+
+use super::{
+    BoxCall, Call, DeadlineLayer, Explain, Leaf, Method, Observe, ObserveLayer, RemoteLeaf,
+    RuntimeOptions, SendFn, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
+};
+use crate::observe::{Side, Site};
+use crate::{Balancer, Cx, ServeOptions, Stage, Status};
+
+/// Caller side, `local` binding: observe -> deadline -> the implementation.
+pub struct LocalCall<I: ?Sized, M, R> {
+    /// The stack.
+    stack: Observe<super::Deadline<Leaf<I, M, R>>>,
+}
+
+impl<I, M, R> LocalCall<I, M, R>
+where
+    I: ?Sized + Send + Sync + 'static,
+    M: Explain + Send + 'static,
+    R: Timings + Send + 'static,
+{
+    /// The stack calling `imp`'s `method` (`name` in metrics and spans).
+    pub fn new(
+        imp: Arc<I>,
+        stage: Stage,
+        name: &'static str,
+        method: Method<I, M, R>,
+        options: &RuntimeOptions,
+    ) -> Self {
+        let site = options
+            .observe_local_calls
+            .then(|| Site::new(Side::Client, "local", stage, name));
+        Self {
+            stack: ServiceBuilder::new()
+                .layer(ObserveLayer::new(site))
+                .layer(DeadlineLayer::new(stage))
+                .service(Leaf::new(imp, method, stage)),
+        }
+    }
+
+    /// One call in `cx`.
+    pub fn call<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
+        Box::pin(call_ref::<Observe<super::Deadline<Leaf<I, M, R>>>, M>(
+            &self.stack,
+            Call::new(cx, msg),
+        ))
+    }
+}
+
+/// Caller side, `grpc` binding: observe -> deadline -> the balancer.
+pub struct RemoteCall<M, R> {
+    /// The stack.
+    stack: Observe<super::Deadline<RemoteLeaf<M, R>>>,
+}
+
+impl<M, R> RemoteCall<M, R>
+where
+    M: Explain + Clone + Send + 'static,
+    R: Timings + Send + 'static,
+{
+    /// The stack sending `name` calls through `balancer` with `send`.
+    pub fn new(
+        balancer: Arc<Balancer>,
+        stage: Stage,
+        name: &'static str,
+        send: SendFn<M, R>,
+        _options: &RuntimeOptions,
+    ) -> Self {
+        let site = Site::new(Side::Client, "grpc", stage, name);
+        Self {
+            stack: ServiceBuilder::new()
+                .layer(ObserveLayer::new(Some(site)))
+                .layer(DeadlineLayer::new(stage))
+                .service(RemoteLeaf::new(balancer, send)),
+        }
+    }
+
+    /// One call in `cx`.
+    pub fn call<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
+        Box::pin(call_ref::<Observe<super::Deadline<RemoteLeaf<M, R>>>, M>(
+            &self.stack,
+            Call::new(cx, msg),
+        ))
+    }
+}
+
+/// Server side: deadline (the one timer) -> observe -> the implementation.
+/// Shedding and size limits sit before it, on the HTTP server.
+pub struct ServeCall<I: ?Sized, M, R> {
+    /// The stack.
+    stack: ServerDeadline<Observe<Leaf<I, M, R>>>,
+    /// The deadline of a request that arrives without `grpc-timeout`.
+    default_deadline: Option<Duration>,
+}
+
+impl<I, M, R> ServeCall<I, M, R>
+where
+    I: ?Sized + Send + Sync + 'static,
+    M: Explain + Send + 'static,
+    R: Timings + Send + 'static,
+{
+    /// The stack serving `imp`'s `method` (`name` in metrics and spans).
+    pub fn new(
+        imp: Arc<I>,
+        stage: Stage,
+        name: &'static str,
+        method: Method<I, M, R>,
+        options: &ServeOptions,
+    ) -> Self {
+        let site = Site::new(Side::Server, "grpc", stage, name);
+        Self {
+            stack: ServiceBuilder::new()
+                .layer(ServerDeadlineLayer::new(stage))
+                .layer(ObserveLayer::new(Some(site)))
+                .service(Leaf::new(imp, method, stage)),
+            default_deadline: options.default_deadline,
+        }
+    }
+
+    /// Serves one request that arrived over gRPC.
+    pub async fn serve(&self, request: tonic::Request<M>) -> Result<tonic::Response<R>, Status> {
+        let (metadata, _, msg) = request.into_parts();
+        let cx = Cx::inbound(&metadata, self.default_deadline)?;
+        let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;
+        let call: BoxCall<'_, R> = tower::Service::call(&mut stack, Call::new(&cx, msg));
+        let out = call.await?;
+        Ok(tonic::Response::new(out))
+    }
+}

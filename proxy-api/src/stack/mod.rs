@@ -1,0 +1,125 @@
+//! The runtime every stage call goes through, as tower layers, stacked the
+//! same way for both bindings and both sides:
+//!
+//! ```text
+//! caller side:  observe -> deadline (clock check) -> local leaf | remote leaf (balancer)
+//! server side:  [shed -> limits, on the HTTP server] -> deadline (timer) -> observe -> local leaf
+//! ```
+//!
+//! The generated adapters (`XLocal`, `XRemote`, `XServe`) only build these
+//! stacks and call them; stage code sees its messages and a [`Cx`].
+//!
+//! A stack's services are `&'a Layer<..>`: calling one borrows the stack
+//! instead of cloning it per call, so a local hop allocates nothing beyond
+//! the one boxed future the stage trait returns.
+//!
+//! # Layout
+//! - `observe`: [`Observe`], metrics and spans (see [`crate::observe`]).
+//! - `deadline`: [`Deadline`] (caller side, a clock read) and
+//!   [`ServerDeadline`] (one timer bounding the process's call tree).
+//! - `local`: [`Leaf`], the call into an implementation, with the explain
+//!   own-time accounting.
+//! - `remote`: [`RemoteLeaf`], the call over the balancer.
+//! - `adapter`: [`LocalCall`], [`RemoteCall`], [`ServeCall`], the stacks the
+//!   generated adapters hold.
+
+mod adapter;
+mod deadline;
+mod local;
+mod observe;
+mod remote;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use crate::observe::TraceParent;
+use crate::{Cx, Limits, Status, pb};
+
+pub use adapter::{LocalCall, RemoteCall, ServeCall};
+pub use deadline::{Deadline, DeadlineLayer, ServerDeadline, ServerDeadlineLayer};
+pub use local::Leaf;
+pub use observe::{Observe, ObserveLayer};
+pub use remote::RemoteLeaf;
+
+/// The boxed future a stage method returns (async_trait's shape).
+pub type BoxCall<'a, R> = Pin<Box<dyn Future<Output = Result<R, Status>> + Send + 'a>>;
+
+/// One method of an implementation `I`, as a plain function (generated).
+pub type Method<I, M, R> = for<'a> fn(&'a I, &'a Cx, M) -> BoxCall<'a, R>;
+
+/// Sends one attempt of a method over a channel (generated, tonic's client).
+pub type SendFn<M, R> = fn(
+    tonic::transport::Channel,
+    tonic::Request<M>,
+    Limits,
+) -> BoxCall<'static, tonic::Response<R>>;
+
+/// One call as it moves down a stack.
+#[derive(Debug)]
+pub struct Call<'a, M> {
+    /// The caller's context.
+    pub cx: &'a Cx,
+    /// The request message.
+    pub msg: M,
+    /// The `traceparent` the callee must see, when a recorded span made
+    /// itself the parent.
+    trace: Option<TraceParent>,
+    /// A clock reading already taken for this call (by [`Observe`]), so the
+    /// deadline check needs none of its own.
+    now: Option<Instant>,
+}
+
+impl<'a, M> Call<'a, M> {
+    /// A call of `msg` in `cx`.
+    pub fn new(cx: &'a Cx, msg: M) -> Self {
+        Self {
+            cx,
+            msg,
+            trace: None,
+            now: None,
+        }
+    }
+}
+
+/// A request message that may ask every stage to report its own time
+/// (generated for every request type: its `explain` field, or false).
+pub trait Explain {
+    /// Whether the caller asked for `timings`.
+    fn explain(&self) -> bool;
+}
+
+/// A response message that carries stage timings (generated for every
+/// response type: its `timings` field, or none).
+pub trait Timings {
+    /// The response's timings, if it has any.
+    fn timings(&mut self) -> Option<&mut Vec<pb::StageTiming>>;
+}
+
+/// How the caller-side stacks of one registry behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Count, time and trace calls through `local` bindings too; `grpc`
+    /// calls are observed either way.
+    pub observe_local_calls: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            observe_local_calls: true,
+        }
+    }
+}
+
+/// Calls a stack service by shared reference.
+fn call_ref<'a, S, M>(
+    service: &'a S,
+    call: Call<'a, M>,
+) -> <&'a S as tower::Service<Call<'a, M>>>::Future
+where
+    &'a S: tower::Service<Call<'a, M>>,
+{
+    let mut service = service;
+    tower::Service::call(&mut service, call)
+}
