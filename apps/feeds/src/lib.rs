@@ -50,6 +50,7 @@ pub use eval::{EvalError, EvalReport, Quality, eval};
 pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
 pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run, server_options};
 pub use topology::{
-    Launch, Member, NAMED, Running, TopologyError, is_serving, launch, resolve, start,
+    Launch, Member, NAMED, Relocated, Running, TopologyError, is_serving, launch, relocate,
+    resolve, start,
 };
 pub use wiring::{WiringError, build, build_with, world};

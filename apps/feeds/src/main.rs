@@ -149,6 +149,11 @@ enum Command {
         /// Seconds to wait for every process to report SERVING.
         #[arg(long, default_value_t = 60)]
         ready_timeout_s: u64,
+        /// Listen on ports the OS picks instead of the files' own (the files
+        /// are copied, with every listen address and endpoint moved, into a
+        /// temporary directory), so the topology can run beside another.
+        #[arg(long)]
+        free_ports: bool,
     },
 }
 
@@ -213,7 +218,13 @@ fn main() -> ExitCode {
             topology,
             dir,
             ready_timeout_s,
-        } => up(&topology, &dir, Duration::from_secs(ready_timeout_s)),
+            free_ports,
+        } => up(
+            &topology,
+            &dir,
+            Duration::from_secs(ready_timeout_s),
+            free_ports,
+        ),
     }
 }
 
@@ -463,10 +474,26 @@ fn query(args: feeds::QueryArgs, json: bool) -> ExitCode {
     }
 }
 
-fn up(topology: &str, dir: &std::path::Path, ready_timeout: Duration) -> ExitCode {
+fn up(
+    topology: &str,
+    dir: &std::path::Path,
+    ready_timeout: Duration,
+    free_ports: bool,
+) -> ExitCode {
+    // Removed when `up` returns, whatever happened.
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let copies = TempDir(std::env::temp_dir().join(format!("feeds-up-{}", std::process::id())));
     let result = runtime(1).and_then(|rt| {
         rt.block_on(async {
-            let files = feeds::resolve(topology, dir)?;
+            let mut files = feeds::resolve(topology, dir)?;
+            if free_ports {
+                files = feeds::relocate(&files, &copies.0)?.files;
+            }
             let exe = std::env::current_exe()?;
             let mut running = feeds::start(&exe, &files, &[], ready_timeout).await?;
             for m in &running.members {

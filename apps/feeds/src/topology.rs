@@ -1,6 +1,7 @@
 //! `feeds up`: starts a named topology from `deploy/local/` as real OS
 //! processes, waits until every one reports SERVING, and stops them all.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -102,6 +103,79 @@ pub fn resolve(name: &str, dir: &Path) -> Result<Vec<PathBuf>, TopologyError> {
     Ok(files)
 }
 
+/// A topology's files rewritten to listen on ports the OS picked, so it can
+/// run beside another copy (a developer's `feeds serve`, a parallel test).
+#[derive(Clone, Debug)]
+pub struct Relocated {
+    /// The rewritten files, in the order given.
+    pub files: Vec<PathBuf>,
+    /// Every address moved: (as in the files, where it is now).
+    pub moved: Vec<(SocketAddr, SocketAddr)>,
+}
+
+/// Copies `files` into `into`, moving every `process.listen` and
+/// `telemetry.metrics_listen` address (and every mention of it, such as a
+/// remote endpoint) to a free port the OS picks on the same IP. The files
+/// are validated first, as `start` does.
+pub fn relocate(files: &[PathBuf], into: &Path) -> Result<Relocated, TopologyError> {
+    let io = |file: &Path| {
+        let file = file.to_owned();
+        move |source| TopologyError::Spawn { file, source }
+    };
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for file in files {
+        let (_, plan) = config::load(Some(file))?;
+        for a in std::iter::once(plan.listen).chain(plan.metrics_listen) {
+            if a.port() != 0 && !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    // Hold every picked port until all are picked, so none repeats.
+    let mut held = Vec::new();
+    for a in &addrs {
+        let l = std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0)).map_err(io(into))?;
+        held.push(l);
+    }
+    let moved: Vec<(SocketAddr, SocketAddr)> = addrs
+        .iter()
+        .zip(&held)
+        .map(|(a, l)| Ok((*a, l.local_addr()?)))
+        .collect::<Result<_, std::io::Error>>()
+        .map_err(io(into))?;
+    drop(held);
+    std::fs::create_dir_all(into).map_err(io(into))?;
+    let mut out = Vec::new();
+    for file in files {
+        let mut text = std::fs::read_to_string(file).map_err(io(file))?;
+        for (from, to) in &moved {
+            text = replace_addr(&text, &from.to_string(), &to.to_string());
+        }
+        let name = file.file_name().unwrap_or(file.as_os_str());
+        let target = into.join(name);
+        std::fs::write(&target, text).map_err(io(&target))?;
+        out.push(target);
+    }
+    Ok(Relocated { files: out, moved })
+}
+
+/// `text` with every `from` that is not followed by another digit replaced.
+fn replace_addr(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        out.push_str(&rest[..i]);
+        match after.starts_with(|c: char| c.is_ascii_digit()) {
+            true => out.push_str(from),
+            false => out.push_str(to),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// One running process of a topology.
 #[derive(Debug)]
 pub struct Member {
@@ -109,6 +183,8 @@ pub struct Member {
     pub file: PathBuf,
     /// Where it serves.
     pub listen: std::net::SocketAddr,
+    /// Whether it serves the entry stage (the one clients call).
+    pub entry: bool,
     /// The process; killed if dropped while running.
     child: Child,
 }
@@ -132,18 +208,19 @@ pub async fn start(
     let mut planned = Vec::new();
     for file in files {
         let (_, plan) = config::load(Some(file))?;
-        if let Some((other, _)) = planned.iter().find(|(_, l)| *l == plan.listen) {
+        if let Some((other, _, _)) = planned.iter().find(|(_, l, _)| *l == plan.listen) {
             return Err(TopologyError::SameListen(
                 PathBuf::clone(other),
                 file.clone(),
                 plan.listen,
             ));
         }
-        planned.push((file.clone(), plan.listen));
+        let entry = plan.hosted.iter().any(|s| s.callers().is_empty());
+        planned.push((file.clone(), plan.listen, entry));
     }
     let launches = planned
         .into_iter()
-        .map(|(file, listen)| Launch {
+        .map(|(file, listen, entry)| Launch {
             args: vec![
                 "serve".into(),
                 "--config".into(),
@@ -151,6 +228,7 @@ pub async fn start(
             ],
             label: file,
             listen,
+            entry,
         })
         .collect();
     launch(exe, launches, envs, ready_timeout).await
@@ -165,6 +243,8 @@ pub struct Launch {
     pub args: Vec<std::ffi::OsString>,
     /// Where it will report SERVING.
     pub listen: std::net::SocketAddr,
+    /// Whether it serves the entry stage (the one clients call).
+    pub entry: bool,
 }
 
 /// Starts every launch with `envs` added and waits until each reports SERVING.
@@ -181,6 +261,7 @@ pub async fn launch(
         label,
         args,
         listen,
+        entry,
     } in launches
     {
         let child = Command::new(exe)
@@ -196,6 +277,7 @@ pub async fn launch(
         running.members.push(Member {
             file: label,
             listen,
+            entry,
             child,
         });
     }
@@ -239,6 +321,11 @@ impl Member {
 }
 
 impl Running {
+    /// Where the entry stage is served (the first member that hosts it).
+    pub fn entry(&self) -> Option<SocketAddr> {
+        self.members.iter().find(|m| m.entry).map(|m| m.listen)
+    }
+
     async fn wait_ready(
         &mut self,
         i: usize,
@@ -311,5 +398,44 @@ impl Running {
             statuses.push((m.file.clone(), status));
         }
         Ok(statuses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_addr_leaves_longer_ports_alone() {
+        let text = "a = \"127.0.0.1:5005\"\nb = \"http://127.0.0.1:50051\"\nc = \"127.0.0.1:5005\"";
+        let out = replace_addr(text, "127.0.0.1:5005", "127.0.0.1:40000");
+        assert_eq!(
+            out,
+            "a = \"127.0.0.1:40000\"\nb = \"http://127.0.0.1:50051\"\nc = \"127.0.0.1:40000\""
+        );
+    }
+
+    #[test]
+    fn relocated_topology_moves_every_listen_and_endpoint() {
+        let dir = std::env::temp_dir().join(format!("feeds-relocate-{}", std::process::id()));
+        let files = resolve(
+            "five-pod",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local"),
+        )
+        .expect("five-pod");
+        let r = relocate(&files, &dir).expect("relocate");
+        assert_eq!(r.files.len(), 5);
+        for file in &r.files {
+            let text = std::fs::read_to_string(file).expect("read");
+            for (from, _) in &r.moved {
+                assert!(
+                    !text.contains(&format!("{from}\"")),
+                    "{}: {from} left in\n{text}",
+                    file.display()
+                );
+            }
+            config::load(Some(file)).expect("still valid");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_serves_and_stops_mixed() {
     let mut child = Command::new(common::EXE)
-        .args(["up", "mixed", "--dir"])
+        .args(["up", "mixed", "--free-ports", "--dir"])
         .arg(common::deploy_dir())
         .envs(common::test_env())
         .stderr(Stdio::piped())
@@ -38,20 +38,22 @@ async fn up_starts_serves_and_stops_mixed() {
         }
         assert!(started.elapsed() < Duration::from_secs(90), "{lines:#?}");
     }
-    assert!(
+    // `--free-ports` moved the shipped 50051 (front) and 50053 (back).
+    let serving_on = |file: &str| -> std::net::SocketAddr {
         lines
             .iter()
-            .any(|l| l.contains("front.toml serving on 127.0.0.1:50051")),
-        "{lines:#?}"
-    );
+            .find_map(|l| l.split_once(&format!("{file} serving on ")).map(|(_, a)| a))
+            .unwrap_or_else(|| panic!("no line for {file}: {lines:#?}"))
+            .parse()
+            .expect("an address")
+    };
+    let (front, back) = (serving_on("front.toml"), serving_on("back.toml"));
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("back.toml serving on 127.0.0.1:50053")),
+        front.ip().is_loopback() && back.ip().is_loopback(),
         "{lines:#?}"
     );
 
-    let got = common::run_grpc("127.0.0.1:50051".parse().expect("addr"), &common::cases(5)).await;
+    let got = common::run_grpc(front, &common::cases(5)).await;
     assert!(got.iter().filter(|o| o.is_ok()).count() >= 4, "{got:?}");
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
@@ -75,12 +77,6 @@ async fn up_starts_serves_and_stops_mixed() {
         2,
         "{rest:#?}"
     );
-    assert!(
-        !feeds::is_serving("127.0.0.1:50051".parse().expect("addr")).await,
-        "front still serving"
-    );
-    assert!(
-        !feeds::is_serving("127.0.0.1:50053".parse().expect("addr")).await,
-        "back still serving"
-    );
+    assert!(!feeds::is_serving(front).await, "front still serving");
+    assert!(!feeds::is_serving(back).await, "back still serving");
 }

@@ -158,6 +158,9 @@ pub enum BenchError {
     /// Writing the results failed.
     #[error("writing {0}: {1}")]
     Write(PathBuf, String),
+    /// No free loopback port for the echo chain.
+    #[error("picking free ports for the echo chain: {0}")]
+    Io(std::io::Error),
 }
 
 /// One measured repetition.
@@ -255,11 +258,25 @@ pub struct LocalHop {
     pub local_unobserved_ns: f64,
 }
 
-/// The topologies, with the processes each one starts.
+/// `n` distinct loopback ports the OS picks.
+fn free_ports(n: usize) -> Result<Vec<u16>, BenchError> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BenchError::Io)?;
+    held.iter()
+        .map(|l| Ok(l.local_addr().map_err(BenchError::Io)?.port()))
+        .collect()
+}
+
+/// The topologies, with the processes each one starts. Every topology runs
+/// from a copy of its files under `out/topologies/` moved to ports the OS
+/// picks, so the bench runs beside a server on the shipped ports.
 fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchError> {
     let mut out = Vec::new();
     for name in ["monolith", "five-pod", "mixed"] {
         let files = topology::resolve(name, &opts.deploy_dir)?;
+        let files = topology::relocate(&files, &opts.out.join("topologies").join(name))?.files;
         let mut launches = Vec::new();
         for file in files {
             let (_, plan) = crate::config::load(Some(&file)).map_err(TopologyError::from)?;
@@ -271,12 +288,14 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchEr
                 ],
                 label: file,
                 listen: plan.listen,
+                entry: plan.hosted.iter().any(|s| s.callers().is_empty()),
             });
         }
         out.push((name.to_owned(), launches));
     }
-    // The echo chain on the five-pod ports, business on 50051.
-    let port = |i: usize| 50051 + i as u16;
+    // The echo chain, one process per stage in chain order, on free ports.
+    let ports = free_ports(Stage::ALL.len())?;
+    let port = |i: usize| ports[i];
     let echo = Stage::ALL
         .iter()
         .enumerate()
@@ -297,6 +316,7 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchEr
                 label: PathBuf::from(format!("echo/{}", stage.name())),
                 args,
                 listen,
+                entry: i == 0,
             }
         })
         .collect();
@@ -406,12 +426,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             let running =
                 topology::launch(&opts.exe, launches.clone(), &envs, Duration::from_secs(600))
                     .await?;
-            let entry = running
-                .members
-                .iter()
-                .map(|m| m.listen)
-                .find(|a| a.port() == 50051)
-                .unwrap_or(running.members[0].listen);
+            let entry = running.entry().unwrap_or(running.members[0].listen);
             let clients = clients(entry, 4).await?;
             for kb in payloads {
                 bar.set_message(format!("{name}, {items} items, {kb} KB"));
