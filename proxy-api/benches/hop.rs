@@ -144,6 +144,45 @@ fn allocations_per_call(rt: &Runtime, stub: Option<&Arc<dyn Recall>>, cx: &Cx) -
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64 - answer_cost as f64
 }
 
+/// The three in-process paths measured in turn, round after round, in one
+/// loop each (no per-iteration setup), and the median round of each: on a
+/// shared machine this is steadier than criterion's separate groups for
+/// differences of tens of nanoseconds.
+fn interleaved(rt: &Runtime, observed: &Arc<dyn Recall>, unobserved: &Arc<dyn Recall>, cx: &Cx) {
+    const N: u32 = 200_000;
+    const ROUNDS: usize = 9;
+    let time = |stub: Option<&Arc<dyn Recall>>| {
+        rt.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..N {
+                let req = pb::RecallRequest::default();
+                let _ = black_box(match stub {
+                    Some(stub) => stub.recall(cx, req).await,
+                    None => Echo.recall(cx, req).await,
+                });
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(N)
+        })
+    };
+    let (mut direct, mut serving, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        direct.push(time(None));
+        serving.push(time(Some(observed)));
+        bare.push(time(Some(unobserved)));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (d, s, u) = (median(direct), median(serving), median(bare));
+    println!(
+        "interleaved, median of {ROUNDS} rounds of {N} calls (empty message): direct {d:.1} ns; \
+         local_serving {s:.1} ns (adds {:.1} ns); local_unobserved {u:.1} ns (adds {:.1} ns)",
+        s - d,
+        u - d
+    );
+}
+
 fn registry(observe_local_calls: bool) -> Registry {
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls,
@@ -218,6 +257,8 @@ fn hops(c: &mut Criterion) {
         no_deadline - direct,
         edge - direct,
     );
+
+    interleaved(&rt, &local_stub, &unobserved_stub, &serving_cx);
 
     let mut group = c.benchmark_group("hop");
     for kb in [1usize, 16, 128] {

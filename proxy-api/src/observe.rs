@@ -1,8 +1,8 @@
-//! The registry's middleware for metrics and traces. Every stage call goes
-//! through [`call`], whichever the binding: the generated `local` adapter,
-//! the `grpc` client adapter and the gRPC server adapter all wrap the call in
-//! it, so the series, the span names and the trace context are the same in
-//! both bindings. Stage code does none of this itself.
+//! Metrics and traces of stage calls: the metric families, the [`Site`] of
+//! one method as one adapter sees it, and its span. The observe layer
+//! (`crate::stack::Observe`) uses them in every stack, caller side in both
+//! bindings and server side, so the series, the span names and the trace
+//! context are the same in both bindings. Stage code does none of this itself.
 //!
 //! Metrics follow the go-grpc-prometheus names: `grpc_client_handled_total`
 //! and `grpc_client_handling_seconds` for every call a process makes to a
@@ -125,7 +125,7 @@ pub fn registry() -> Option<&'static prometheus::Registry> {
 
 static OTEL: AtomicBool = AtomicBool::new(false);
 
-/// Tells the middleware an OpenTelemetry layer is installed, so span and
+/// Tells the observe layer an OpenTelemetry layer is installed, so span and
 /// trace ids come from it (and are the ones exported).
 pub fn set_otel_enabled(enabled: bool) {
     OTEL.store(enabled, Ordering::Relaxed);

@@ -45,10 +45,19 @@ where
 
     /// One call in `cx`.
     pub fn call<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
-        Box::pin(call_ref::<Observe<super::Deadline<Leaf<I, M, R>>>, M>(
-            &self.stack,
-            Call::new(cx, msg),
-        ))
+        if self.stack.enabled() {
+            return Box::pin(call_ref::<Observe<super::Deadline<Leaf<I, M, R>>>, M>(
+                &self.stack,
+                Call::new(cx, msg),
+            ));
+        }
+        // Unobserved, nothing runs after the call: the deadline layer's check
+        // is made here and the leaf's own future handed back, unwrapped.
+        let deadline = self.stack.inner();
+        match deadline.check(cx, None) {
+            Ok(()) => call_ref::<Leaf<I, M, R>, M>(deadline.inner(), Call::new(cx, msg)),
+            Err(status) => Box::pin(std::future::ready(Err(status))),
+        }
     }
 }
 

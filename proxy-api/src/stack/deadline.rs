@@ -52,6 +52,24 @@ pub struct Deadline<S> {
     inner: S,
 }
 
+impl<S> Deadline<S> {
+    /// The check this layer makes, on its own: `Err` when the deadline of
+    /// `cx` has passed (`now`, if the caller already read the clock).
+    pub fn check(&self, cx: &crate::Cx, now: Option<Instant>) -> Result<(), Status> {
+        match cx.deadline() {
+            Some(deadline) if now.unwrap_or_else(Instant::now) >= deadline => {
+                Err(exceeded(self.stage))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The rest of the stack.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 pin_project! {
     /// A call that either never started (its deadline had passed) or runs.
     #[project = DeadlineProj]
@@ -93,13 +111,10 @@ where
 
     fn call(&mut self, call: Call<'a, M>) -> Self::Future {
         let this: &'a Deadline<S> = self;
-        if let Some(deadline) = call.cx.deadline() {
-            let now = call.now.unwrap_or_else(Instant::now);
-            if now >= deadline {
-                return DeadlineFuture::Expired {
-                    status: Some(exceeded(this.stage)),
-                };
-            }
+        if let Err(status) = this.check(call.cx, call.now) {
+            return DeadlineFuture::Expired {
+                status: Some(status),
+            };
         }
         DeadlineFuture::Running {
             inner: call_ref::<S, M>(&this.inner, call),

@@ -45,6 +45,18 @@ pub struct Observe<S> {
     inner: S,
 }
 
+impl<S> Observe<S> {
+    /// Whether calls are observed at all.
+    pub fn enabled(&self) -> bool {
+        self.site.is_some()
+    }
+
+    /// The rest of the stack.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<'a, S, M, R> tower::Service<Call<'a, M>> for &'a Observe<S>
 where
     &'a S: tower::Service<Call<'a, M>, Response = R, Error = Status>,
