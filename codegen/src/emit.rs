@@ -151,9 +151,17 @@ fn explain_impls(
             true => quote!(self.explain),
             false => quote!(false),
         };
+        let key = match has_field(fds, &m.input_proto_type, "user_id", Type::String, false) {
+            true => quote!(&self.user_id),
+            false => quote!(""),
+        };
         out.extend(quote! {
             impl crate::stack::Explain for #ty {
                 fn explain(&self) -> bool { #body }
+            }
+
+            impl crate::route::RouteKey for #ty {
+                fn route_key(&self) -> &str { #key }
             }
         });
     }
@@ -187,6 +195,7 @@ fn stage(
     } = StageNames::of(s);
     let local = format_ident!("{name}Local");
     let remote = format_ident!("{name}Remote");
+    let routed = format_ident!("{name}Routed");
     let serve = format_ident!("{name}Serve");
     let marker = format_ident!("{name}Service");
     let client_mod = format_ident!("{snake}_client");
@@ -206,6 +215,7 @@ fn stage(
     let mut remote_init = Vec::new();
     let mut serve_init = Vec::new();
     let mut local_methods = Vec::new();
+    let mut routed_methods = Vec::new();
     let mut serve_methods = Vec::new();
     let mut fake_methods = Vec::new();
     let mut helpers = Vec::new();
@@ -234,7 +244,26 @@ fn stage(
             #method: crate::stack::LocalCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
         });
         remote_init.push(quote! {
-            #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #send_fn, options)
+            #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #send_fn, target, options)
+        });
+        routed_methods.push(quote! {
+            fn #method<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                cx: &'life1 crate::Cx,
+                request: #input,
+            ) -> crate::BoxCall<'async_trait, #output>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                // The table the call starts with serves it to the end.
+                let table = self.router.current();
+                Box::pin(async move {
+                    let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+                    target.stub.#method(cx, request).await
+                })
+            }
         });
         serve_init.push(quote! {
             #method: crate::stack::ServeCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
@@ -307,6 +336,9 @@ fn stage(
     let remote_doc = format!(
         " `{name}` reached over gRPC: the caller-side stack (observe, deadline) over the balancer."
     );
+    let routed_doc = format!(
+        " `{name}` behind a route table: each call picks its target (`local` or a pool) by the stage's rules."
+    );
     let serve_doc = format!(
         " Serves any `Arc<dyn {name}>` as tonic's `{name}Server`, through the server-side stack (deadline, observe)."
     );
@@ -341,14 +373,24 @@ fn stage(
         }
 
         impl #remote {
-            /// The remote adapter over `balancer`.
-            pub fn new(balancer: std::sync::Arc<crate::Balancer>, options: &crate::RuntimeOptions) -> Self {
+            /// The remote adapter over `balancer`, the pool named `target`.
+            pub fn new(balancer: std::sync::Arc<crate::Balancer>, target: &str, options: &crate::RuntimeOptions) -> Self {
                 Self { #(#remote_init,)* }
             }
         }
 
         impl #name for #remote {
             #(#local_methods)*
+        }
+
+        #[doc = #routed_doc]
+        pub struct #routed {
+            /// The current table.
+            router: std::sync::Arc<crate::route::Router<dyn #name>>,
+        }
+
+        impl #name for #routed {
+            #(#routed_methods)*
         }
 
         #[doc = #serve_doc]
@@ -381,8 +423,12 @@ fn stage(
             type Api = dyn #name;
             const STAGE: Stage = Stage::#name;
 
-            fn remote(balancer: std::sync::Arc<crate::Balancer>, options: &crate::RuntimeOptions) -> std::sync::Arc<dyn #name> {
-                std::sync::Arc::new(#remote::new(balancer, options))
+            fn remote(balancer: std::sync::Arc<crate::Balancer>, target: &str, options: &crate::RuntimeOptions) -> std::sync::Arc<dyn #name> {
+                std::sync::Arc::new(#remote::new(balancer, target, options))
+            }
+
+            fn routed(router: std::sync::Arc<crate::route::Router<dyn #name>>) -> std::sync::Arc<dyn #name> {
+                std::sync::Arc::new(#routed { router })
             }
 
             fn local(imp: std::sync::Arc<dyn #name>, options: &crate::RuntimeOptions) -> std::sync::Arc<dyn #name> {

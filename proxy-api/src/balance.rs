@@ -151,6 +151,11 @@ impl Balancer {
         self.snapshot().iter().map(|b| b.key.clone()).collect()
     }
 
+    /// The config it was built from.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
     /// True once some endpoint has answered a health probe with SERVING, and
     /// as long as one still does: the stage can be reached.
     pub fn reachable(&self) -> bool {

@@ -18,8 +18,8 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::observe::TraceParent;
-use crate::pb;
 use crate::timing::SelfTimer;
+use crate::{Stage, pb};
 
 /// Metadata key of the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -31,6 +31,9 @@ pub const TRACEPARENT: &str = "traceparent";
 const TRACE_HEADERS: [&str; 2] = [TRACEPARENT, "tracestate"];
 /// The gRPC wire form of a deadline.
 pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The prefix of the project's own headers, trusted only from trusted peers.
+pub const PROJECT_PREFIX: &str = "x-tandem-";
 
 /// How much earlier than the wire deadline a server gives up, so it is this
 /// code (DEADLINE_EXCEEDED) and not tonic's own timer (CANCELLED) that answers.
@@ -49,6 +52,27 @@ struct Shared {
     /// Own time of every stage of the request, innermost first, collected
     /// while explaining; the outermost frame moves them into its response.
     timings: Mutex<Vec<pb::StageTiming>>,
+    /// Which target served each hop (`recall=canary`), innermost first,
+    /// collected while explaining.
+    path: Mutex<Vec<String>>,
+    /// Whether the request carries the stress tag (read once).
+    stress: bool,
+}
+
+impl Shared {
+    fn new(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        let stress = headers.iter().any(|(k, v)| {
+            k.as_str() == crate::route::STRESS
+                && v.to_str()
+                    .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+        });
+        Self {
+            headers,
+            timings: Mutex::default(),
+            path: Mutex::default(),
+            stress,
+        }
+    }
 }
 
 /// The context of one call as the callee sees it, identical under both bindings.
@@ -115,8 +139,10 @@ impl Cx {
             HeaderValue::from_str(value),
         ) {
             let shared = shared_mut(&mut self.shared);
-            shared.headers.retain(|(k, _)| *k != name);
-            shared.headers.push((name, value));
+            let mut headers = std::mem::take(&mut shared.headers);
+            headers.retain(|(k, _)| *k != name);
+            headers.push((name, value));
+            *shared = Shared::new(headers);
         }
         self
     }
@@ -241,6 +267,39 @@ impl Cx {
         }
     }
 
+    /// Whether the request carries the stress tag (`x-tandem-stress`).
+    pub fn is_stress(&self) -> bool {
+        self.shared.stress
+    }
+
+    /// Records the target that served `stage` (`explain` only).
+    pub(crate) fn push_path(&self, stage: Stage, target: &str) {
+        if let Ok(mut p) = self.shared.path.lock() {
+            p.push(format!("{}={target}", stage.name()));
+        }
+    }
+
+    /// Adds what a remote stage reported of its own hops.
+    pub(crate) fn extend_path(&self, entries: &str) {
+        if let Ok(mut p) = self.shared.path.lock() {
+            p.extend(
+                entries
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+    }
+
+    /// Takes the path collected so far, comma-separated.
+    pub(crate) fn take_path(&self) -> String {
+        self.shared
+            .path
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p).join(","))
+            .unwrap_or_default()
+    }
+
     /// Takes every timing collected so far.
     pub(crate) fn take_timings(&self) -> Vec<pb::StageTiming> {
         self.shared
@@ -254,9 +313,14 @@ impl Cx {
     /// arrived with `metadata`. `grpc-timeout` (less a small margin, so this
     /// code answers before tonic's own timer) or else `default` becomes the
     /// deadline; a malformed `grpc-timeout` is INVALID_ARGUMENT naming it.
+    ///
+    /// Unless `trusted`, every `x-tandem-*` header (dye, stress, ...) is
+    /// dropped: the entry stage passes false for peers outside the trusted
+    /// ranges, so a tag from outside cannot steer traffic.
     pub(crate) fn inbound(
         metadata: &MetadataMap,
         default: Option<Duration>,
+        trusted: bool,
     ) -> Result<Self, Status> {
         let now = Instant::now();
         let deadline = match metadata.get(GRPC_TIMEOUT) {
@@ -275,13 +339,11 @@ impl Cx {
             .as_ref()
             .iter()
             .filter(|(k, _)| forwarded(k.as_str()))
+            .filter(|(k, _)| trusted || !k.as_str().starts_with(PROJECT_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(Self {
-            shared: Arc::new(Shared {
-                headers,
-                timings: Mutex::default(),
-            }),
+            shared: Arc::new(Shared::new(headers)),
             deadline,
             trace: None,
             // The server adapter's timer bounds what runs under it.
@@ -312,10 +374,7 @@ impl Cx {
 /// not copied: a context is only edited before its first call).
 fn shared_mut(this: &mut Arc<Shared>) -> &mut Shared {
     if Arc::get_mut(this).is_none() {
-        *this = Arc::new(Shared {
-            headers: this.headers.clone(),
-            timings: Mutex::default(),
-        });
+        *this = Arc::new(Shared::new(this.headers.clone()));
     }
     match Arc::get_mut(this) {
         Some(shared) => shared,
@@ -367,7 +426,7 @@ mod tests {
         md.insert("x-colour", MetadataValue::from_static("blue"));
         md.insert("authorization", MetadataValue::from_static("secret"));
         md.insert(GRPC_TIMEOUT, MetadataValue::from_static("3S"));
-        let cx = Cx::inbound(&md, None).expect("valid");
+        let cx = Cx::inbound(&md, None, true).expect("valid");
         assert_eq!(cx.request_id(), Some("r-1"));
         assert_eq!(cx.tenant(), Some("acme"));
         assert_eq!(cx.header("x-colour"), Some("blue"));
@@ -380,7 +439,7 @@ mod tests {
             Some("blue")
         );
         assert!(out.get("authorization").is_none());
-        let back = Cx::inbound(&out, None).expect("valid");
+        let back = Cx::inbound(&out, None, true).expect("valid");
         assert_eq!(
             back.headers().collect::<Vec<_>>(),
             cx.headers().collect::<Vec<_>>()
@@ -391,7 +450,7 @@ mod tests {
     fn malformed_timeout_is_invalid_argument() {
         let mut md = MetadataMap::new();
         md.insert(GRPC_TIMEOUT, MetadataValue::from_static("soon"));
-        let err = Cx::inbound(&md, None).expect_err("malformed");
+        let err = Cx::inbound(&md, None, true).expect_err("malformed");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("grpc-timeout"));
     }

@@ -18,6 +18,12 @@ pub enum RegistryError {
         /// The binding that was refused.
         requested: &'static str,
     },
+    /// Routes can be reloaded only for a stage that had them at start-up
+    /// (its callers hold the routing adapter from then on).
+    #[error(
+        "routes.{0}: this process started without routes for `{0}`; adding them needs a restart (start with `routes.{0} = []` to route later)"
+    )]
+    NotRouted(&'static str),
     /// The remote configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

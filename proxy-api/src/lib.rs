@@ -19,6 +19,8 @@
 //!   size limits, health that follows downstreams, reflection, drain and grace.
 //! - `factory`: [`StageFactory`], the hook each stage crate exports (its config
 //!   section and constructor), with [`Deps`] and [`Resources`].
+//! - `route`: per-stage route tables (rules on tenant, dye, stress tag and
+//!   users; weighted, sticky splits; health fallback), swapped on reload.
 //! - `slot`: the runtime behind a registry slot: [`Service`], [`Slot`], [`AnySlot`].
 //! - `registry`: binding remote slots from config, serving local slots, and
 //!   describing the topology.
@@ -39,6 +41,7 @@ mod factory;
 pub mod observe;
 mod registry;
 mod remote;
+pub mod route;
 pub mod server;
 mod slot;
 pub mod stack;

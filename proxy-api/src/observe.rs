@@ -41,20 +41,29 @@ const BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// Label names of the counters (histograms drop `grpc_code`).
-const LABELS: [&str; 7] = [
+/// Label names of the counters (histograms drop `grpc_code`). `target` is
+/// the route target that served a client call (`local` or a pool; empty on
+/// the server side), `traffic` is `stress` for stress-tagged calls, else `live`.
+const LABELS: [&str; 9] = [
     "grpc_type",
     "grpc_service",
     "grpc_method",
     "binding",
     "caller",
     "callee",
+    "target",
+    "traffic",
     "grpc_code",
 ];
+
+/// The two values of the `traffic` label.
+const TRAFFIC: [&str; 2] = ["live", "stress"];
 
 /// The process's metric families, registered once.
 pub struct Metrics {
     registry: prometheus::Registry,
+    route_fallbacks: IntCounterVec,
+    route_reloads: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -71,12 +80,28 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
     let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
         let h = HistogramVec::new(
             HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
-            &LABELS[..6],
+            &LABELS[..8],
         )?;
         registry.register(Box::new(h.clone()))?;
         Ok(h)
     };
+    let plain =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
     Ok(Metrics {
+        route_fallbacks: plain(
+            "feeds_route_fallbacks_total",
+            "Calls whose route target had no healthy endpoint and went to the rule's fallback.",
+            &["stage", "from", "to"],
+        )?,
+        route_reloads: plain(
+            "feeds_route_reloads_total",
+            "Route and pool reloads, by result (ok, error).",
+            &["result"],
+        )?,
         client_handled: counter(
             "grpc_client_handled_total",
             "Stage calls made by this process, local or over gRPC, by status code.",
@@ -160,40 +185,57 @@ pub struct Site {
     method: &'static str,
     /// `feeds.v1.Recall/Recall`: the span's `otel.name`.
     name: String,
-    /// The OK counter and the histogram, resolved once (the hot path).
-    ok: Option<IntCounter>,
-    seconds: Option<Histogram>,
+    /// The route target label.
+    target: &'static str,
+    /// The OK counter and the histogram, live and stress, resolved once (the hot path).
+    ok: [Option<IntCounter>; 2],
+    seconds: [Option<Histogram>; 2],
 }
 
 impl Site {
     /// The site for `callee.method` over `binding`. The `caller` label is
     /// the stage that calls `callee` when the call graph has exactly one,
     /// `client` for an entry stage, `any` when several stages call it.
-    pub fn new(side: Side, binding: &'static str, callee: Stage, method: &'static str) -> Self {
+    pub fn new(
+        side: Side,
+        binding: &'static str,
+        callee: Stage,
+        method: &'static str,
+        target: &'static str,
+    ) -> Self {
         let caller = match callee.callers() {
             [] => "client",
             [one] => one.name(),
             _ => "any",
         };
-        let labels = [
-            "unary",
-            callee.service_name(),
-            method,
-            binding,
-            caller,
-            callee.name(),
-        ];
         let family = METRICS.as_ref().map(|m| match side {
             Side::Client => (&m.client_handled, &m.client_seconds),
             Side::Server => (&m.server_handled, &m.server_seconds),
         });
-        let ok = family.and_then(|(handled, _)| {
-            let mut with_code = labels.to_vec();
-            with_code.push("OK");
-            handled.get_metric_with_label_values(&with_code).ok()
+        let labels = |traffic: &'static str| {
+            [
+                "unary",
+                callee.service_name(),
+                method,
+                binding,
+                caller,
+                callee.name(),
+                target,
+                traffic,
+            ]
+        };
+        let ok = TRAFFIC.map(|traffic| {
+            family.and_then(|(handled, _)| {
+                let mut with_code = labels(traffic).to_vec();
+                with_code.push("OK");
+                handled.get_metric_with_label_values(&with_code).ok()
+            })
         });
-        let seconds =
-            family.and_then(|(_, seconds)| seconds.get_metric_with_label_values(&labels).ok());
+        let seconds = TRAFFIC.map(|traffic| {
+            family.and_then(|(_, seconds)| {
+                seconds.get_metric_with_label_values(&labels(traffic)).ok()
+            })
+        });
         Self {
             side,
             binding,
@@ -201,17 +243,19 @@ impl Site {
             callee,
             method,
             name: format!("{}/{method}", callee.service_name()),
+            target,
             ok,
             seconds,
         }
     }
 
-    pub(crate) fn record(&self, code: tonic::Code, started: Instant) {
-        if let Some(h) = &self.seconds {
+    pub(crate) fn record(&self, code: tonic::Code, started: Instant, stress: bool) {
+        let t = usize::from(stress);
+        if let Some(h) = &self.seconds[t] {
             h.observe(started.elapsed().as_secs_f64());
         }
         if code == tonic::Code::Ok {
-            if let Some(c) = &self.ok {
+            if let Some(c) = &self.ok[t] {
                 c.inc();
             }
             return;
@@ -228,6 +272,8 @@ impl Site {
                 self.binding,
                 self.caller,
                 self.callee.name(),
+                self.target,
+                TRAFFIC[t],
                 code_name(code),
             ]) {
                 c.inc();
@@ -301,6 +347,26 @@ impl Site {
             tracing::field::display(format_args!("{:016x}", own.parent_id)),
         );
         (Some(span), Some(own))
+    }
+}
+
+/// Counts one call sent to a route's fallback.
+pub(crate) fn count_fallback(stage: Stage, from: &str, to: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m
+            .route_fallbacks
+            .get_metric_with_label_values(&[stage.name(), from, to])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one route reload by result (`ok` or `error`).
+pub fn count_reload(result: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m.route_reloads.get_metric_with_label_values(&[result])
+    {
+        c.inc();
     }
 }
 
@@ -453,11 +519,12 @@ mod tests {
 
     #[test]
     fn sites_count_by_code() {
-        let site = Site::new(Side::Client, "local", Stage::Split, "Split");
-        site.record(tonic::Code::Ok, Instant::now());
-        site.record(tonic::Code::NotFound, Instant::now());
+        let site = Site::new(Side::Client, "local", Stage::Split, "Split", "local");
+        site.record(tonic::Code::Ok, Instant::now(), false);
+        site.record(tonic::Code::NotFound, Instant::now(), true);
         let text = render();
-        assert!(text.contains("grpc_client_handled_total{binding=\"local\",callee=\"split\",caller=\"business\",grpc_code=\"OK\",grpc_method=\"Split\",grpc_service=\"feeds.v1.Split\",grpc_type=\"unary\"}"), "{text}");
+        assert!(text.contains("grpc_client_handled_total{binding=\"local\",callee=\"split\",caller=\"business\",grpc_code=\"OK\",grpc_method=\"Split\",grpc_service=\"feeds.v1.Split\",grpc_type=\"unary\",target=\"local\",traffic=\"live\"}"), "{text}");
+        assert!(text.contains("traffic=\"stress\""), "{text}");
         assert!(text.contains("grpc_code=\"NotFound\""), "{text}");
         assert!(
             text.contains("grpc_client_handling_seconds_bucket"),

@@ -50,12 +50,15 @@ impl Limits {
 }
 
 /// What every server adapter of a process needs to know.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Message size limits.
     pub limits: Limits,
     /// The deadline of a request that arrives without `grpc-timeout`.
     pub default_deadline: Option<Duration>,
+    /// Peers whose `x-tandem-*` headers (dye, stress) the entry stage keeps;
+    /// from every other peer they are dropped before routing.
+    pub trusted_peers: Arc<[crate::route::Cidr]>,
 }
 
 /// How one stage is reached from this process.
@@ -67,6 +70,8 @@ pub enum Binding {
     Local,
     /// Over gRPC, balanced across these endpoints.
     Grpc(Vec<String>),
+    /// Behind a route table over these targets.
+    Routed(Vec<String>),
 }
 
 impl fmt::Display for Binding {
@@ -75,6 +80,7 @@ impl fmt::Display for Binding {
             Binding::Unbound => f.write_str("unbound"),
             Binding::Local => f.write_str("local (in-process)"),
             Binding::Grpc(eps) => write!(f, "grpc -> {}", eps.join(", ")),
+            Binding::Routed(targets) => write!(f, "routed -> {}", targets.join(" | ")),
         }
     }
 }
@@ -114,6 +120,51 @@ impl Registry {
     {
         let (slot, options) = SlotOf::<S>::slot_mut(self);
         slot.provide(imp, options)
+    }
+
+    /// Puts `stage` behind a route table at start-up (see [`crate::route`]):
+    /// `rules` over its local implementation, if hosted, and `pools` (the
+    /// complete set, `default` included when it has one). Returns the table
+    /// described for logs. Must run inside a tokio runtime, before the
+    /// stages that call `stage` are built.
+    pub fn route(
+        &mut self,
+        stage: Stage,
+        rules: &[crate::route::RouteRule],
+        pools: &std::collections::BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+    ) -> Result<Vec<String>, RegistryError> {
+        let (slots, options) = self.slots_mut();
+        let options = *options;
+        slots
+            .into_iter()
+            .find(|slot| slot.stage() == stage)
+            .ok_or_else(|| RegistryError::unbound(stage))?
+            .set_routes(rules, pools, limits, &options)
+    }
+
+    /// Replaces the route table of `stage`, routed since start-up; calls in
+    /// flight finish on the table they started with.
+    pub fn reload_route(
+        &self,
+        stage: Stage,
+        rules: &[crate::route::RouteRule],
+        pools: &std::collections::BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+    ) -> Result<Vec<String>, RegistryError> {
+        let options = *self.options();
+        self.slots()
+            .into_iter()
+            .find(|slot| slot.stage() == stage)
+            .ok_or_else(|| RegistryError::unbound(stage))?
+            .reload_routes(rules, pools, limits, &options)
+    }
+
+    /// Whether `stage` is behind a route table.
+    pub fn is_routed(&self, stage: Stage) -> bool {
+        self.slots()
+            .iter()
+            .any(|s| s.stage() == stage && matches!(s.binding(), Binding::Routed(_)))
     }
 
     /// The balancers of every `grpc` binding, chain order.

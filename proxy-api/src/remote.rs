@@ -1,5 +1,7 @@
 //! How a `grpc` binding is configured, checked and turned into a channel.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -35,6 +37,11 @@ pub struct RemoteConfig {
     pub subset_size: usize,
     /// This client's subsetting id; default: a hash of the host name.
     pub subset_client_id: Option<u64>,
+    /// More pools of the same stage by name (`canary`, `v2`, ...), each a
+    /// complete remote config, for routes to send calls to. The config
+    /// above is the pool named `default`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, RemoteConfig>,
 }
 
 impl Default for RemoteConfig {
@@ -51,6 +58,7 @@ impl Default for RemoteConfig {
             retry_token_ratio: 0.1,
             subset_size: 0,
             subset_client_id: None,
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -59,6 +67,36 @@ impl RemoteConfig {
     /// Checks the values; `prefix` is this section's dotted path
     /// (`remote.split`), used in the error's key.
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        self.validate_with(prefix, true)
+    }
+
+    /// As [`RemoteConfig::validate`]; without `need_endpoints` (a stage this
+    /// process also hosts, reached remotely only through named pools), an
+    /// empty `endpoints` means there is no `default` pool.
+    pub fn validate_with(&self, prefix: &str, need_endpoints: bool) -> Result<(), ConfigError> {
+        for (name, pool) in &self.pools {
+            let key = format!("{prefix}.pools.{name}");
+            if [crate::route::LOCAL, crate::route::DEFAULT_POOL].contains(&name.as_str())
+                || name.is_empty()
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{name:?} is reserved (`local` is in-process, `default` is the section itself)"
+                    ),
+                ));
+            }
+            if !pool.pools.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.pools"),
+                    "a pool cannot have pools of its own",
+                ));
+            }
+            pool.validate(&key)?;
+        }
+        if self.endpoints.is_empty() && !need_endpoints {
+            return Ok(());
+        }
         if self.endpoints.is_empty() {
             return Err(ConfigError::new(
                 format!("{prefix}.endpoints"),

@@ -21,8 +21,10 @@ use crate::{Balancer, Limits, Registry, ServeOptions, Stage};
 pub const LIVENESS: &str = "liveness";
 
 /// How the server of one process behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
+    /// Peers whose `x-tandem-*` headers the entry stage keeps.
+    pub trusted_peers: Arc<[crate::route::Cidr]>,
     /// Message size limits.
     pub limits: Limits,
     /// The deadline of a request that arrives without `grpc-timeout`.
@@ -47,6 +49,7 @@ impl ServerOptions {
         ServeOptions {
             limits: self.limits,
             default_deadline: self.default_deadline,
+            trusted_peers: Arc::clone(&self.trusted_peers),
         }
     }
 }

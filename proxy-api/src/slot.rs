@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use tonic::service::RoutesBuilder;
 
-use crate::{Balancer, Binding, RegistryError, RuntimeOptions, ServeOptions, Stage};
+use std::collections::BTreeMap;
+
+use crate::route::{DEFAULT_POOL, LOCAL, RouteRule, Router, Table, Target};
+use crate::{
+    Balancer, Binding, Limits, RegistryError, RemoteConfig, RuntimeOptions, ServeOptions, Stage,
+};
 
 /// What the generator knows about one stage, so generic code can bind it.
 pub trait Service: 'static {
@@ -13,8 +18,10 @@ pub trait Service: 'static {
     type Api: ?Sized + Send + Sync + 'static;
     /// Which stage this is.
     const STAGE: Stage;
-    /// The remote adapter over `balancer`.
-    fn remote(balancer: Arc<Balancer>, options: &RuntimeOptions) -> Arc<Self::Api>;
+    /// The remote adapter over `balancer`, the pool named `target`.
+    fn remote(balancer: Arc<Balancer>, target: &str, options: &RuntimeOptions) -> Arc<Self::Api>;
+    /// The adapter that routes every call by `router`'s current table.
+    fn routed(router: Arc<Router<Self::Api>>) -> Arc<Self::Api>;
     /// The `local` binding of `imp`: the implementation behind the caller-side stack.
     fn local(imp: Arc<Self::Api>, options: &RuntimeOptions) -> Arc<Self::Api>;
     /// Adds the tonic server for `imp` to `routes`.
@@ -107,6 +114,17 @@ enum State<T: ?Sized> {
         stub: Arc<T>,
         balancer: Arc<Balancer>,
     },
+    /// Behind a route table: the implementation (if hosted) and named pools.
+    Routed {
+        imp: Option<Arc<T>>,
+        /// The local binding's stub, when hosted.
+        local: Option<Arc<T>>,
+        /// Every pool: its name, config and balancer (reused on reload
+        /// while the config is unchanged).
+        pools: std::sync::Mutex<Vec<Pool>>,
+        router: Arc<Router<T>>,
+        stub: Arc<T>,
+    },
 }
 
 impl<S: Service> Default for Slot<S> {
@@ -124,6 +142,7 @@ impl<S: Service> Slot<S> {
             State::Unbound => Err(RegistryError::unbound(S::STAGE)),
             State::Local { stub, .. } => Ok(Arc::clone(stub)),
             State::Remote { stub, .. } => Ok(Arc::clone(stub)),
+            State::Routed { stub, .. } => Ok(Arc::clone(stub)),
         }
     }
 
@@ -146,6 +165,7 @@ impl<S: Service> Slot<S> {
             State::Unbound => return Ok(()),
             State::Local { .. } => "local",
             State::Remote { .. } => "grpc",
+            State::Routed { .. } => "routed",
         };
         Err(RegistryError::AlreadyBound {
             stage: S::STAGE.name(),
@@ -169,8 +189,34 @@ pub trait AnySlot {
     fn add_routes(&self, routes: &mut RoutesBuilder, options: &ServeOptions) -> bool;
     /// How the slot is bound.
     fn binding(&self) -> Binding;
-    /// The balancer of a `grpc` binding.
+    /// The balancer of a `grpc` binding (of a routed slot: its default
+    /// pool's, when it has no local implementation).
     fn balancer(&self) -> Option<Arc<Balancer>>;
+    /// The targets a route of this slot may name, given `pools` (the named
+    /// pools of `[remote.<stage>]`).
+    fn targets(&self, pools: &BTreeMap<String, RemoteConfig>) -> Vec<String>;
+    /// Puts the slot behind a route table of `rules` over its local
+    /// implementation (if any) and `pools` (plus the `default` pool it is
+    /// already bound to), or replaces the table of a routed slot. Returns
+    /// the table described, one line each, for logs. Must run inside a
+    /// tokio runtime.
+    fn set_routes(
+        &mut self,
+        rules: &[RouteRule],
+        pools: &BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+        options: &RuntimeOptions,
+    ) -> Result<Vec<String>, RegistryError>;
+    /// Replaces the table of a slot routed since start-up, with `pools` as
+    /// its complete set of pools (balancers of unchanged pools are kept);
+    /// calls in flight keep the old table.
+    fn reload_routes(
+        &self,
+        rules: &[RouteRule],
+        pools: &BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+        options: &RuntimeOptions,
+    ) -> Result<Vec<String>, RegistryError>;
 }
 
 impl<S: Service> AnySlot for Slot<S> {
@@ -185,7 +231,7 @@ impl<S: Service> AnySlot for Slot<S> {
     ) -> Result<(), RegistryError> {
         self.refuse_rebind("grpc")?;
         self.state = State::Remote {
-            stub: S::remote(Arc::clone(&balancer), options),
+            stub: S::remote(Arc::clone(&balancer), DEFAULT_POOL, options),
             balancer,
         };
         Ok(())
@@ -193,7 +239,7 @@ impl<S: Service> AnySlot for Slot<S> {
 
     fn add_routes(&self, routes: &mut RoutesBuilder, options: &ServeOptions) -> bool {
         match &self.state {
-            State::Local { imp, .. } => {
+            State::Local { imp, .. } | State::Routed { imp: Some(imp), .. } => {
                 S::add_routes(Arc::clone(imp), routes, options);
                 true
             }
@@ -206,14 +252,117 @@ impl<S: Service> AnySlot for Slot<S> {
             State::Unbound => Binding::Unbound,
             State::Local { .. } => Binding::Local,
             State::Remote { balancer, .. } => Binding::Grpc(balancer.endpoints().to_vec()),
+            State::Routed { imp, pools, .. } => Binding::Routed(
+                imp.iter()
+                    .map(|_| LOCAL.to_owned())
+                    .chain(
+                        lock(pools)
+                            .iter()
+                            .map(|(name, _, b)| format!("{name} ({})", b.endpoints().join(", "))),
+                    )
+                    .collect(),
+            ),
         }
     }
 
     fn balancer(&self) -> Option<Arc<Balancer>> {
         match &self.state {
             State::Remote { balancer, .. } => Some(Arc::clone(balancer)),
+            State::Routed {
+                imp: None, pools, ..
+            } => lock(pools)
+                .iter()
+                .find(|(name, _, _)| name == DEFAULT_POOL)
+                .map(|(_, _, b)| Arc::clone(b)),
             _ => None,
         }
+    }
+
+    fn targets(&self, pools: &BTreeMap<String, RemoteConfig>) -> Vec<String> {
+        let local = matches!(
+            self.state,
+            State::Local { .. } | State::Routed { imp: Some(_), .. }
+        );
+        let bound_default = matches!(self.state, State::Remote { .. });
+        local
+            .then(|| LOCAL.to_owned())
+            .into_iter()
+            .chain(bound_default.then(|| DEFAULT_POOL.to_owned()))
+            .chain(
+                pools
+                    .keys()
+                    .filter(|k| !(bound_default && *k == DEFAULT_POOL))
+                    .cloned(),
+            )
+            .collect()
+    }
+
+    fn set_routes(
+        &mut self,
+        rules: &[RouteRule],
+        pools: &BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+        options: &RuntimeOptions,
+    ) -> Result<Vec<String>, RegistryError> {
+        let (imp, local, old) = match &self.state {
+            State::Routed { .. } => return self.reload_routes(rules, pools, limits, options),
+            State::Unbound if pools.is_empty() => return Err(RegistryError::unbound(S::STAGE)),
+            State::Unbound => (None, None, Vec::new()),
+            State::Local { imp, stub } => {
+                (Some(Arc::clone(imp)), Some(Arc::clone(stub)), Vec::new())
+            }
+            State::Remote { balancer, .. } => (
+                None,
+                None,
+                vec![(
+                    DEFAULT_POOL.to_owned(),
+                    balancer.config().clone(),
+                    Arc::clone(balancer),
+                )],
+            ),
+        };
+        // The pool bound from `[remote.<stage>]` stays unless `pools` names it.
+        let mut wanted = pools.clone();
+        for (name, config, _) in &old {
+            wanted.entry(name.clone()).or_insert_with(|| config.clone());
+        }
+        let pools = keep_or_build::<S>(old, &wanted, limits)?;
+        let table = table::<S>(local.as_ref(), &pools, rules, options);
+        let described = table.describe(rules);
+        let router = Arc::new(Router::new(table));
+        self.state = State::Routed {
+            imp,
+            local,
+            pools: std::sync::Mutex::new(pools),
+            stub: S::routed(Arc::clone(&router)),
+            router,
+        };
+        Ok(described)
+    }
+
+    fn reload_routes(
+        &self,
+        rules: &[RouteRule],
+        pools: &BTreeMap<String, RemoteConfig>,
+        limits: Limits,
+        options: &RuntimeOptions,
+    ) -> Result<Vec<String>, RegistryError> {
+        let State::Routed {
+            local,
+            pools: current,
+            router,
+            ..
+        } = &self.state
+        else {
+            return Err(RegistryError::NotRouted(S::STAGE.name()));
+        };
+        let old = lock(current).clone();
+        let new_pools = keep_or_build::<S>(old, pools, limits)?;
+        let table = table::<S>(local.as_ref(), &new_pools, rules, options);
+        let described = table.describe(rules);
+        router.replace(table);
+        *lock(current) = new_pools;
+        Ok(described)
     }
 }
 
@@ -224,4 +373,50 @@ pub trait SlotOf<S: Service> {
     fn slot(&self) -> &Slot<S>;
     /// The slot, mutable, with the options to bind it with.
     fn slot_mut(&mut self) -> (&mut Slot<S>, &RuntimeOptions);
+}
+
+/// A poisoned lock still holds usable data: pools are replaced whole.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A pool: its name, config and balancer.
+type Pool = (String, RemoteConfig, Arc<Balancer>);
+
+/// The pools `wanted` describes, keeping the balancer (its connections and
+/// health state) of every pool in `old` whose config is unchanged.
+fn keep_or_build<S: Service>(
+    mut old: Vec<Pool>,
+    wanted: &BTreeMap<String, RemoteConfig>,
+    limits: Limits,
+) -> Result<Vec<Pool>, RegistryError> {
+    let mut out = Vec::new();
+    for (name, config) in wanted {
+        let balancer = match old.iter().position(|(n, c, _)| n == name && c == config) {
+            Some(i) => old.swap_remove(i).2,
+            None => Balancer::new(S::STAGE, config, limits)?,
+        };
+        out.push((name.clone(), config.clone(), balancer));
+    }
+    Ok(out)
+}
+
+/// The route table over `local` (when hosted) and `pools`.
+fn table<S: Service>(
+    local: Option<&Arc<S::Api>>,
+    pools: &[Pool],
+    rules: &[RouteRule],
+    options: &RuntimeOptions,
+) -> Table<S::Api> {
+    let local = local.map(|stub| Target {
+        name: LOCAL.to_owned(),
+        stub: Arc::clone(stub),
+        balancer: None,
+    });
+    let remote = pools.iter().map(|(name, _, balancer)| Target {
+        name: name.clone(),
+        stub: S::remote(Arc::clone(balancer), name, options),
+        balancer: Some(Arc::clone(balancer)),
+    });
+    Table::new(S::STAGE, local.into_iter().chain(remote).collect(), rules)
 }

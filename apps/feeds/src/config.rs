@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use proxy_api::route::{Cidr, DEFAULT_POOL, LOCAL, RouteRule};
 use proxy_api::{ConfigError, Limits, RemoteConfig, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,9 @@ config_with_stages! {
         pub telemetry: TelemetryConfig,
         /// The generated catalogue the stages share.
         pub world: world::WorldConfig,
+        /// Per stage, the ordered rules that pick where each call to it
+        /// goes (`local` or a pool); reloaded on SIGHUP.
+        pub routes: BTreeMap<String, Vec<RouteRule>>,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -71,6 +75,10 @@ pub struct ProcessConfig {
     /// Connections older than this are closed gracefully (GOAWAY), so
     /// clients reconnect and spread over new replicas; 0 means never.
     pub max_connection_age_ms: u64,
+    /// Peers (address ranges: `10.0.0.0/8`, `127.0.0.1`) whose `x-tandem-*`
+    /// headers (dye, stress tag) the entry stage keeps; from every other peer
+    /// they are removed before routing. Empty: nobody's are kept.
+    pub trusted_peers: Vec<String>,
 }
 
 /// The `[telemetry]` section.
@@ -134,6 +142,7 @@ impl Default for ProcessConfig {
             keepalive_ms: 20_000,
             keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 300_000,
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -145,10 +154,26 @@ pub struct Plan {
     pub listen: SocketAddr,
     /// Hosted stages, chain order.
     pub hosted: Vec<Stage>,
-    /// Remote stages and how to reach them, chain order.
+    /// Remote stages and how to reach them (their `default` pool), chain order.
     pub remotes: Vec<(Stage, RemoteConfig)>,
+    /// Routed stages: their rules and every pool (`default` included when
+    /// it has endpoints), chain order.
+    pub routes: Vec<RoutePlan>,
     /// Parsed `telemetry.metrics_listen`, if set.
     pub metrics_listen: Option<SocketAddr>,
+    /// Parsed `process.trusted_peers`.
+    pub trusted_peers: Vec<Cidr>,
+}
+
+/// One routed stage of a [`Plan`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePlan {
+    /// The stage whose calls are routed.
+    pub stage: Stage,
+    /// Its rules, in order.
+    pub rules: Vec<RouteRule>,
+    /// Every pool by name, `default` included when it has endpoints.
+    pub pools: BTreeMap<String, RemoteConfig>,
 }
 
 impl Plan {
@@ -203,18 +228,82 @@ impl Config {
                     format!("unknown stage {name:?} (known: {})", known_stages()),
                 )
             })?;
-            if hosted.contains(&stage) {
+            let hosted_here = hosted.contains(&stage);
+            if hosted_here && !self.routes.contains_key(name) {
                 return Err(ConfigError::new(
                     &key,
                     format!(
-                        "stage {name:?} is hosted by this process (process.host) and cannot also be remote"
+                        "stage {name:?} is hosted by this process (process.host) and cannot also be remote (unless routes.{name} sends some calls there)"
                     ),
                 ));
             }
-            remote.validate(&key)?;
-            remotes.push((stage, remote.clone()));
+            remote.validate_with(&key, !hosted_here)?;
+            if !hosted_here {
+                remotes.push((stage, remote.clone()));
+            }
         }
         remotes.sort_by_key(|(s, _)| *s);
+        let mut routes = Vec::new();
+        for (name, rules) in &self.routes {
+            let key = format!("routes.{name}");
+            let stage = Stage::from_name(name).ok_or_else(|| {
+                ConfigError::new(
+                    &key,
+                    format!("unknown stage {name:?} (known: {})", known_stages()),
+                )
+            })?;
+            if stage.callers().is_empty() {
+                return Err(ConfigError::new(
+                    &key,
+                    format!(
+                        "{name:?} is the entry stage: clients call it, nothing in the process routes to it"
+                    ),
+                ));
+            }
+            let remote = self.remote.get(name);
+            if !hosted.contains(&stage) && remote.is_none() {
+                return Err(ConfigError::new(
+                    &key,
+                    format!(
+                        "stage {name:?} is neither hosted here (process.host) nor remote (remote.{name})"
+                    ),
+                ));
+            }
+            let mut pools = BTreeMap::new();
+            if let Some(remote) = remote {
+                if !remote.endpoints.is_empty() {
+                    let mut default = remote.clone();
+                    default.pools.clear();
+                    pools.insert(DEFAULT_POOL.to_owned(), default);
+                }
+                pools.extend(remote.pools.clone());
+            }
+            let targets: Vec<&str> = hosted
+                .contains(&stage)
+                .then_some(LOCAL)
+                .into_iter()
+                .chain(pools.keys().map(String::as_str))
+                .collect();
+            for (i, rule) in rules.iter().enumerate() {
+                rule.validate(&format!("{key}[{i}]"), &targets)?;
+            }
+            routes.push(RoutePlan {
+                stage,
+                rules: rules.clone(),
+                pools,
+            });
+        }
+        routes.sort_by_key(|r| r.stage);
+        let trusted_peers = self
+            .process
+            .trusted_peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Cidr::parse(p)
+                    .map_err(|e| ConfigError::new(format!("process.trusted_peers[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Every stage a hosted stage calls (the proto's call graph) must be
         // reachable: hosted here or remote.
         for (caller, callee) in hosted
@@ -287,7 +376,9 @@ impl Config {
             listen,
             hosted,
             remotes,
+            routes,
             metrics_listen,
+            trusted_peers,
         })
     }
 }

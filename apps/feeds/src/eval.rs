@@ -106,7 +106,9 @@ pub async fn eval(config: &Config, users: usize) -> Result<EvalReport, EvalError
         listen: ([127, 0, 0, 1], 0).into(),
         hosted: proxy_api::Stage::ALL.to_vec(),
         remotes: Vec::new(),
+        routes: Vec::new(),
         metrics_listen: None,
+        trusted_peers: Vec::new(),
     };
     let world = Arc::new(wiring::world(&config)?);
     let hidden = world.truth().ok_or(EvalError::NoTruth)?;

@@ -41,14 +41,17 @@ mod wiring;
 
 pub use config::LINKED;
 pub use config::{
-    Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, TelemetryConfig, figment, load,
+    Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan, TelemetryConfig,
+    figment, load,
 };
 #[cfg(feature = "lab")]
 pub use echo::run_echo;
 #[cfg(feature = "lab")]
 pub use eval::{EvalError, EvalReport, Quality, eval};
-pub use query::{QueryArgs, QueryError, get_feed, to_json, to_table};
-pub use serve::{LIVENESS, Listeners, ServeError, bind, describe, run, server_options};
+pub use query::{QueryArgs, QueryError, get_feed, get_feed_with_path, to_json, to_table};
+pub use serve::{
+    LIVENESS, Listeners, ServeError, bind, describe, run, run_reloading, server_options,
+};
 pub use topology::{
     Launch, Member, NAMED, Relocated, Running, TopologyError, is_serving, launch, relocate,
     resolve, start,

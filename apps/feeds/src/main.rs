@@ -138,10 +138,18 @@ enum Command {
         /// Deadline of the whole call, in milliseconds.
         #[arg(long, default_value_t = 5_000)]
         timeout_ms: u64,
+        /// Dye the request (x-tandem-dye): it and all it calls go to pools
+        /// routed for this colour. Kept only from trusted peers
+        /// (process.trusted_peers).
+        #[arg(long, value_name = "COLOUR")]
+        dye: Option<String>,
+        /// Mark the request as load-test traffic (x-tandem-stress).
+        #[arg(long)]
+        stress: bool,
     },
     /// Start a topology as OS processes, wait until all serve, stop them on Ctrl-C.
     Up {
-        /// monolith, five-pod, mixed, or a directory of .toml files, or one file.
+        /// monolith, five-pod, mixed, per-tenant, or a directory of .toml files, or one file.
         topology: String,
         /// Where the named topologies live.
         #[arg(long, default_value = "deploy/local")]
@@ -202,6 +210,8 @@ fn main() -> ExitCode {
             json,
             explain,
             timeout_ms,
+            dye,
+            stress,
         } => {
             let args = feeds::QueryArgs {
                 addr,
@@ -211,6 +221,8 @@ fn main() -> ExitCode {
                 cursor,
                 explain,
                 timeout: Duration::from_millis(timeout_ms),
+                dye,
+                stress,
             };
             query(args, json)
         }
@@ -250,6 +262,16 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The world size overrides of the command line.
+fn apply(config: &mut feeds::Config, world: WorldArgs) {
+    if let Some(items) = world.items {
+        config.world.items = items;
+    }
+    if let Some(users) = world.users {
+        config.world.users = users;
+    }
+}
+
 /// Loads the config with the world overrides; prints the error on failure.
 fn load(file: Option<PathBuf>, world: WorldArgs) -> Result<(feeds::Config, feeds::Plan), ExitCode> {
     let fail = |e: &dyn std::fmt::Display| {
@@ -257,12 +279,7 @@ fn load(file: Option<PathBuf>, world: WorldArgs) -> Result<(feeds::Config, feeds
         ExitCode::from(2)
     };
     let (mut config, _) = feeds::load(file.as_deref()).map_err(|e| fail(&e))?;
-    if let Some(items) = world.items {
-        config.world.items = items;
-    }
-    if let Some(users) = world.users {
-        config.world.users = users;
-    }
+    apply(&mut config, world);
     let plan = config
         .validate()
         .map_err(|e| fail(&format!("command line: {e}")))?;
@@ -419,7 +436,7 @@ fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -
 }
 
 fn serve(file: Option<PathBuf>, world: WorldArgs, print_config: bool) -> ExitCode {
-    let (config, plan) = match load(file, world) {
+    let (config, plan) = match load(file.clone(), world) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -439,7 +456,22 @@ fn serve(file: Option<PathBuf>, world: WorldArgs, print_config: bool) -> ExitCod
         rt.block_on(async {
             let telemetry = feeds::telemetry::init(&config.telemetry, &plan)?;
             let listeners = feeds::bind(&plan)?;
-            let result = feeds::run(&config, &plan, listeners, shutdown_signal()).await;
+            // SIGHUP loads the same file (and environment, and overrides)
+            // again and applies its routes and pools.
+            let reload = move || {
+                let (mut config, _) = feeds::load(file.as_deref())?;
+                apply(&mut config, world);
+                let plan = config
+                    .validate()
+                    .map_err(|error| feeds::LoadError::Invalid {
+                        error,
+                        origin: "command line".into(),
+                    })?;
+                Ok((config, plan))
+            };
+            let result =
+                feeds::run_reloading(&config, &plan, listeners, shutdown_signal(), Some(reload))
+                    .await;
             telemetry.shutdown();
             result?;
             Ok(())
@@ -455,13 +487,24 @@ fn toml_string(config: &feeds::Config) -> anyhow::Result<String> {
 }
 
 fn query(args: feeds::QueryArgs, json: bool) -> ExitCode {
-    let result = runtime(1).and_then(|rt| Ok(rt.block_on(feeds::get_feed(&args))?));
+    let result = runtime(1).and_then(|rt| Ok(rt.block_on(feeds::get_feed_with_path(&args))?));
     match result {
-        Ok(response) => {
+        Ok((response, path)) => {
             let text = if json {
-                format!("{:#}\n", feeds::to_json(&response))
+                let mut value = feeds::to_json(&response);
+                if let (Some(path), Some(map)) = (&path, value.as_object_mut()) {
+                    map.insert(
+                        "served_by".into(),
+                        path.split(',').collect::<Vec<_>>().into(),
+                    );
+                }
+                format!("{value:#}\n")
             } else {
-                feeds::to_table(&response, args.explain)
+                let mut text = feeds::to_table(&response, args.explain);
+                if let Some(path) = path {
+                    text.push_str(&format!("served by: {}\n", path.replace(',', ", ")));
+                }
+                text
             };
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

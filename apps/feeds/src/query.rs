@@ -23,6 +23,11 @@ pub struct QueryArgs {
     pub explain: bool,
     /// Whole-call deadline.
     pub timeout: Duration,
+    /// Dye (`x-tandem-dye`): steers the request and all it calls to pools
+    /// of that colour (kept only from trusted peers).
+    pub dye: Option<String>,
+    /// Mark the request as load-test traffic (`x-tandem-stress`).
+    pub stress: bool,
 }
 
 /// Why a query failed.
@@ -34,6 +39,9 @@ pub enum QueryError {
     /// A header value is not valid ASCII.
     #[error("--tenant {0:?}: not a valid header value")]
     Tenant(String),
+    /// A header value is not valid ASCII.
+    #[error("--dye {0:?}: not a valid header value")]
+    Dye(String),
     /// The call failed.
     #[error("GetFeed failed: {code:?}: {message}", code = .0.code(), message = .0.message())]
     Status(tonic::Status),
@@ -41,6 +49,14 @@ pub enum QueryError {
 
 /// Calls `GetFeed` once.
 pub async fn get_feed(args: &QueryArgs) -> Result<pb::GetFeedResponse, QueryError> {
+    Ok(get_feed_with_path(args).await?.0)
+}
+
+/// Calls `GetFeed` once; also returns the target that served each hop
+/// (`x-tandem-path`, present when the request explains).
+pub async fn get_feed_with_path(
+    args: &QueryArgs,
+) -> Result<(pb::GetFeedResponse, Option<String>), QueryError> {
     let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
         .map_err(|e| QueryError::Addr(args.addr.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(2));
@@ -63,11 +79,22 @@ pub async fn get_feed(args: &QueryArgs) -> Result<pb::GetFeedResponse, QueryErro
             .map_err(|_| QueryError::Tenant(tenant.clone()))?;
         request.metadata_mut().insert(TENANT, v);
     }
-    client
-        .get_feed(request)
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(QueryError::Status)
+    if let Some(dye) = &args.dye {
+        let v = MetadataValue::try_from(dye.as_str()).map_err(|_| QueryError::Dye(dye.clone()))?;
+        request.metadata_mut().insert(proxy_api::route::DYE, v);
+    }
+    if args.stress {
+        request
+            .metadata_mut()
+            .insert(proxy_api::route::STRESS, MetadataValue::from_static("1"));
+    }
+    let response = client.get_feed(request).await.map_err(QueryError::Status)?;
+    let path = response
+        .metadata()
+        .get(proxy_api::route::PATH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((response.into_inner(), path))
 }
 
 /// The response as JSON.

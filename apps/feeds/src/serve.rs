@@ -92,10 +92,11 @@ pub fn describe(topology: &[(Stage, Binding)], listen: SocketAddr) -> Vec<String
 }
 
 /// The runtime's server options from the `[process]` section.
-pub fn server_options(config: &Config) -> ServerOptions {
+pub fn server_options(config: &Config, plan: &Plan) -> ServerOptions {
     let p = &config.process;
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     ServerOptions {
+        trusted_peers: plan.trusted_peers.clone().into(),
         limits: p.limits,
         default_deadline: ms(p.default_deadline_ms),
         drain: Duration::from_millis(p.drain_ms),
@@ -117,15 +118,39 @@ pub async fn run(
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_reloading(config, plan, listeners, shutdown, None::<fn() -> _>).await
+}
+
+/// As [`run`], and on every SIGHUP: loads the config again with `reload`
+/// and applies its routes and pools (see [`wiring::reload`]). A config
+/// that does not load or apply is refused naming the key, and the running
+/// tables keep serving. `feeds_route_reloads_total{result}` counts both.
+pub async fn run_reloading<F>(
+    config: &Config,
+    plan: &Plan,
+    listeners: impl Into<Listeners>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<F>,
+) -> Result<(), ServeError>
+where
+    F: Fn() -> Result<(Config, Plan), crate::LoadError> + Send + Sync + 'static,
+{
     let Listeners {
         grpc: listener,
         metrics,
     } = listeners.into();
-    let registry = wiring::build(config, plan)?;
+    let registry = std::sync::Arc::new(wiring::build(config, plan)?);
     let listen = listener.local_addr().unwrap_or(plan.listen);
     for line in describe(&registry.topology(), listen) {
         tracing::info!(target: "feeds::topology", "{line}");
     }
+    let reloader = reload.map(|reload| {
+        tokio::spawn(follow_sighup(
+            std::sync::Arc::clone(&registry),
+            plan.clone(),
+            reload,
+        ))
+    });
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = metrics.map(|l| {
         if let Ok(addr) = l.local_addr() {
@@ -136,7 +161,10 @@ pub async fn run(
         }))
     });
     let result =
-        proxy_api::server::run(&registry, listener, &server_options(config), shutdown).await;
+        proxy_api::server::run(&registry, listener, &server_options(config, plan), shutdown).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
@@ -144,4 +172,51 @@ pub async fn run(
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads routes and pools on every SIGHUP, for as long as it runs.
+async fn follow_sighup<F>(
+    registry: std::sync::Arc<proxy_api::Registry>,
+    mut running: Plan,
+    reload: F,
+) where
+    F: Fn() -> Result<(Config, Plan), crate::LoadError>,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be caught: routes will not reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading routes and pools");
+        let applied = reload()
+            .map_err(|e| e.to_string())
+            .and_then(|(config, plan)| {
+                wiring::reload(&registry, &config, &plan, &running)
+                    .map(|lines| (plan, lines))
+                    .map_err(|e| e.to_string())
+            });
+        match applied {
+            Ok((plan, lines)) => {
+                proxy_api::observe::count_reload("ok");
+                if plan.hosted != running.hosted
+                    || plan.listen != running.listen
+                    || plan.remotes != running.remotes
+                {
+                    tracing::warn!(
+                        "reload: only routes and pools change while serving; restart for process.host, listen or remote endpoints"
+                    );
+                }
+                for line in lines {
+                    tracing::info!(target: "feeds::routes", "{line}");
+                }
+                tracing::info!("reload: applied");
+                running = plan;
+            }
+            Err(e) => {
+                proxy_api::observe::count_reload("error");
+                tracing::error!("reload refused, the running routes stay: {e}");
+            }
+        }
+    }
 }

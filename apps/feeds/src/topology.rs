@@ -15,10 +15,11 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::config;
 
 /// The topologies shipped in `deploy/local/`, by name.
-pub const NAMED: [(&str, &str); 3] = [
+pub const NAMED: [(&str, &str); 4] = [
     ("monolith", "monolith.toml"),
     ("five-pod", "five-pod"),
     ("mixed", "mixed"),
+    ("per-tenant", "per-tenant"),
 ];
 
 /// Why a topology could not start or stop cleanly.
@@ -26,7 +27,7 @@ pub const NAMED: [(&str, &str); 3] = [
 pub enum TopologyError {
     /// The name is neither a known topology nor an existing path.
     #[error(
-        "topology {0:?}: not one of monolith, five-pod, mixed, and no such file or directory under {1}"
+        "topology {0:?}: not one of monolith, five-pod, mixed, per-tenant, and no such file or directory under {1}"
     )]
     Unknown(String, String),
     /// A directory without `.toml` files.

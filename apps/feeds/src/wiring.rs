@@ -77,8 +77,22 @@ pub fn build_with(
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls: config.telemetry.observe_local_calls,
     });
+    let limits = config.process.limits;
     for (stage, remote) in &plan.remotes {
-        registry.bind_remote(*stage, remote, config.process.limits)?;
+        registry.bind_remote(*stage, remote, limits)?;
+    }
+    // A stage's routes are in place before anything that calls it is built:
+    // callers keep the stub they are given.
+    let route = |registry: &mut Registry, stage: proxy_api::Stage| -> Result<(), WiringError> {
+        if let Some(r) = plan.routes.iter().find(|r| r.stage == stage) {
+            for line in registry.route(stage, &r.rules, &r.pools, limits)? {
+                tracing::info!(target: "feeds::routes", "{line}");
+            }
+        }
+        Ok(())
+    };
+    for r in plan.routes.iter().filter(|r| !plan.hosts(r.stage)) {
+        route(&mut registry, r.stage)?;
     }
     let resources = resources(config, world);
     for stage in proxy_api::Stage::ALL
@@ -93,6 +107,7 @@ pub fn build_with(
                 message: e.to_string(),
             }
         })?;
+        route(&mut registry, *stage)?;
         tracing::info!(
             stage = stage.name(),
             seconds = started.elapsed().as_secs_f32(),
@@ -100,4 +115,38 @@ pub fn build_with(
         );
     }
     Ok(registry)
+}
+
+/// Applies the routes and pools of a reloaded `plan` to a running registry:
+/// every stage in it must have been routed since start-up (checked for all
+/// before any table changes); a stage routed before and absent now goes back
+/// to its default target. Returns the new tables described, for logs.
+pub fn reload(
+    registry: &Registry,
+    config: &Config,
+    plan: &Plan,
+    running: &Plan,
+) -> Result<Vec<String>, WiringError> {
+    for r in &plan.routes {
+        if !registry.is_routed(r.stage) {
+            return Err(RegistryError::NotRouted(r.stage.name()).into());
+        }
+    }
+    let limits = config.process.limits;
+    let mut lines = Vec::new();
+    for r in &plan.routes {
+        lines.extend(registry.reload_route(r.stage, &r.rules, &r.pools, limits)?);
+    }
+    for old in running
+        .routes
+        .iter()
+        .filter(|o| !plan.routes.iter().any(|r| r.stage == o.stage))
+    {
+        let mut pools = std::collections::BTreeMap::new();
+        if let Some((_, remote)) = plan.remotes.iter().find(|(s, _)| *s == old.stage) {
+            pools.insert(proxy_api::route::DEFAULT_POOL.to_owned(), remote.clone());
+        }
+        lines.extend(registry.reload_route(old.stage, &[], &pools, limits)?);
+    }
+    Ok(lines)
 }

@@ -66,9 +66,10 @@ pub struct BusinessRemote {
 }
 
 impl BusinessRemote {
-    /// The remote adapter over `balancer`.
+    /// The remote adapter over `balancer`, the pool named `target`.
     pub fn new(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> Self {
         Self {
@@ -77,6 +78,7 @@ impl BusinessRemote {
                 Stage::Business,
                 "GetFeed",
                 business_get_feed_send,
+                target,
                 options,
             ),
         }
@@ -95,6 +97,31 @@ impl Business for BusinessRemote {
         Self: 'async_trait,
     {
         self.get_feed.call(cx, request)
+    }
+}
+
+/// `Business` behind a route table: each call picks its target (`local` or a pool) by the stage's rules.
+pub struct BusinessRouted {
+    /// The current table.
+    router: std::sync::Arc<crate::route::Router<dyn Business>>,
+}
+
+impl Business for BusinessRouted {
+    fn get_feed<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 crate::Cx,
+        request: crate::pb::GetFeedRequest,
+    ) -> crate::BoxCall<'async_trait, crate::pb::GetFeedResponse>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let table = self.router.current();
+        Box::pin(async move {
+            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+            target.stub.get_feed(cx, request).await
+        })
     }
 }
 
@@ -155,9 +182,15 @@ impl crate::Service for BusinessService {
     const STAGE: Stage = Stage::Business;
     fn remote(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> std::sync::Arc<dyn Business> {
-        std::sync::Arc::new(BusinessRemote::new(balancer, options))
+        std::sync::Arc::new(BusinessRemote::new(balancer, target, options))
+    }
+    fn routed(
+        router: std::sync::Arc<crate::route::Router<dyn Business>>,
+    ) -> std::sync::Arc<dyn Business> {
+        std::sync::Arc::new(BusinessRouted { router })
     }
     fn local(
         imp: std::sync::Arc<dyn Business>,
@@ -184,6 +217,12 @@ impl crate::Service for BusinessService {
 impl crate::stack::Explain for crate::pb::GetFeedRequest {
     fn explain(&self) -> bool {
         self.explain
+    }
+}
+
+impl crate::route::RouteKey for crate::pb::GetFeedRequest {
+    fn route_key(&self) -> &str {
+        &self.user_id
     }
 }
 
@@ -275,9 +314,10 @@ pub struct SplitRemote {
 }
 
 impl SplitRemote {
-    /// The remote adapter over `balancer`.
+    /// The remote adapter over `balancer`, the pool named `target`.
     pub fn new(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> Self {
         Self {
@@ -286,6 +326,7 @@ impl SplitRemote {
                 Stage::Split,
                 "Split",
                 split_split_send,
+                target,
                 options,
             ),
         }
@@ -304,6 +345,31 @@ impl Split for SplitRemote {
         Self: 'async_trait,
     {
         self.split.call(cx, request)
+    }
+}
+
+/// `Split` behind a route table: each call picks its target (`local` or a pool) by the stage's rules.
+pub struct SplitRouted {
+    /// The current table.
+    router: std::sync::Arc<crate::route::Router<dyn Split>>,
+}
+
+impl Split for SplitRouted {
+    fn split<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 crate::Cx,
+        request: crate::pb::SplitRequest,
+    ) -> crate::BoxCall<'async_trait, crate::pb::SplitResponse>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let table = self.router.current();
+        Box::pin(async move {
+            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+            target.stub.split(cx, request).await
+        })
     }
 }
 
@@ -361,9 +427,15 @@ impl crate::Service for SplitService {
     const STAGE: Stage = Stage::Split;
     fn remote(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> std::sync::Arc<dyn Split> {
-        std::sync::Arc::new(SplitRemote::new(balancer, options))
+        std::sync::Arc::new(SplitRemote::new(balancer, target, options))
+    }
+    fn routed(
+        router: std::sync::Arc<crate::route::Router<dyn Split>>,
+    ) -> std::sync::Arc<dyn Split> {
+        std::sync::Arc::new(SplitRouted { router })
     }
     fn local(
         imp: std::sync::Arc<dyn Split>,
@@ -388,6 +460,12 @@ impl crate::Service for SplitService {
 impl crate::stack::Explain for crate::pb::SplitRequest {
     fn explain(&self) -> bool {
         self.explain
+    }
+}
+
+impl crate::route::RouteKey for crate::pb::SplitRequest {
+    fn route_key(&self) -> &str {
+        &self.user_id
     }
 }
 
@@ -485,9 +563,10 @@ pub struct RerankRemote {
 }
 
 impl RerankRemote {
-    /// The remote adapter over `balancer`.
+    /// The remote adapter over `balancer`, the pool named `target`.
     pub fn new(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> Self {
         Self {
@@ -496,6 +575,7 @@ impl RerankRemote {
                 Stage::Rerank,
                 "Rerank",
                 rerank_rerank_send,
+                target,
                 options,
             ),
         }
@@ -514,6 +594,31 @@ impl Rerank for RerankRemote {
         Self: 'async_trait,
     {
         self.rerank.call(cx, request)
+    }
+}
+
+/// `Rerank` behind a route table: each call picks its target (`local` or a pool) by the stage's rules.
+pub struct RerankRouted {
+    /// The current table.
+    router: std::sync::Arc<crate::route::Router<dyn Rerank>>,
+}
+
+impl Rerank for RerankRouted {
+    fn rerank<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 crate::Cx,
+        request: crate::pb::RerankRequest,
+    ) -> crate::BoxCall<'async_trait, crate::pb::RerankResponse>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let table = self.router.current();
+        Box::pin(async move {
+            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+            target.stub.rerank(cx, request).await
+        })
     }
 }
 
@@ -571,9 +676,15 @@ impl crate::Service for RerankService {
     const STAGE: Stage = Stage::Rerank;
     fn remote(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> std::sync::Arc<dyn Rerank> {
-        std::sync::Arc::new(RerankRemote::new(balancer, options))
+        std::sync::Arc::new(RerankRemote::new(balancer, target, options))
+    }
+    fn routed(
+        router: std::sync::Arc<crate::route::Router<dyn Rerank>>,
+    ) -> std::sync::Arc<dyn Rerank> {
+        std::sync::Arc::new(RerankRouted { router })
     }
     fn local(
         imp: std::sync::Arc<dyn Rerank>,
@@ -600,6 +711,12 @@ impl crate::Service for RerankService {
 impl crate::stack::Explain for crate::pb::RerankRequest {
     fn explain(&self) -> bool {
         self.explain
+    }
+}
+
+impl crate::route::RouteKey for crate::pb::RerankRequest {
+    fn route_key(&self) -> &str {
+        &self.user_id
     }
 }
 
@@ -694,9 +811,10 @@ pub struct FineRankRemote {
 }
 
 impl FineRankRemote {
-    /// The remote adapter over `balancer`.
+    /// The remote adapter over `balancer`, the pool named `target`.
     pub fn new(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> Self {
         Self {
@@ -705,6 +823,7 @@ impl FineRankRemote {
                 Stage::FineRank,
                 "Rank",
                 fine_rank_rank_send,
+                target,
                 options,
             ),
         }
@@ -723,6 +842,31 @@ impl FineRank for FineRankRemote {
         Self: 'async_trait,
     {
         self.rank.call(cx, request)
+    }
+}
+
+/// `FineRank` behind a route table: each call picks its target (`local` or a pool) by the stage's rules.
+pub struct FineRankRouted {
+    /// The current table.
+    router: std::sync::Arc<crate::route::Router<dyn FineRank>>,
+}
+
+impl FineRank for FineRankRouted {
+    fn rank<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 crate::Cx,
+        request: crate::pb::RankRequest,
+    ) -> crate::BoxCall<'async_trait, crate::pb::RankResponse>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let table = self.router.current();
+        Box::pin(async move {
+            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+            target.stub.rank(cx, request).await
+        })
     }
 }
 
@@ -783,9 +927,15 @@ impl crate::Service for FineRankService {
     const STAGE: Stage = Stage::FineRank;
     fn remote(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> std::sync::Arc<dyn FineRank> {
-        std::sync::Arc::new(FineRankRemote::new(balancer, options))
+        std::sync::Arc::new(FineRankRemote::new(balancer, target, options))
+    }
+    fn routed(
+        router: std::sync::Arc<crate::route::Router<dyn FineRank>>,
+    ) -> std::sync::Arc<dyn FineRank> {
+        std::sync::Arc::new(FineRankRouted { router })
     }
     fn local(
         imp: std::sync::Arc<dyn FineRank>,
@@ -812,6 +962,12 @@ impl crate::Service for FineRankService {
 impl crate::stack::Explain for crate::pb::RankRequest {
     fn explain(&self) -> bool {
         self.explain
+    }
+}
+
+impl crate::route::RouteKey for crate::pb::RankRequest {
+    fn route_key(&self) -> &str {
+        &self.user_id
     }
 }
 
@@ -909,9 +1065,10 @@ pub struct RecallRemote {
 }
 
 impl RecallRemote {
-    /// The remote adapter over `balancer`.
+    /// The remote adapter over `balancer`, the pool named `target`.
     pub fn new(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> Self {
         Self {
@@ -920,6 +1077,7 @@ impl RecallRemote {
                 Stage::Recall,
                 "Recall",
                 recall_recall_send,
+                target,
                 options,
             ),
         }
@@ -938,6 +1096,31 @@ impl Recall for RecallRemote {
         Self: 'async_trait,
     {
         self.recall.call(cx, request)
+    }
+}
+
+/// `Recall` behind a route table: each call picks its target (`local` or a pool) by the stage's rules.
+pub struct RecallRouted {
+    /// The current table.
+    router: std::sync::Arc<crate::route::Router<dyn Recall>>,
+}
+
+impl Recall for RecallRouted {
+    fn recall<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 crate::Cx,
+        request: crate::pb::RecallRequest,
+    ) -> crate::BoxCall<'async_trait, crate::pb::RecallResponse>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let table = self.router.current();
+        Box::pin(async move {
+            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
+            target.stub.recall(cx, request).await
+        })
     }
 }
 
@@ -995,9 +1178,15 @@ impl crate::Service for RecallService {
     const STAGE: Stage = Stage::Recall;
     fn remote(
         balancer: std::sync::Arc<crate::Balancer>,
+        target: &str,
         options: &crate::RuntimeOptions,
     ) -> std::sync::Arc<dyn Recall> {
-        std::sync::Arc::new(RecallRemote::new(balancer, options))
+        std::sync::Arc::new(RecallRemote::new(balancer, target, options))
+    }
+    fn routed(
+        router: std::sync::Arc<crate::route::Router<dyn Recall>>,
+    ) -> std::sync::Arc<dyn Recall> {
+        std::sync::Arc::new(RecallRouted { router })
     }
     fn local(
         imp: std::sync::Arc<dyn Recall>,
@@ -1024,6 +1213,12 @@ impl crate::Service for RecallService {
 impl crate::stack::Explain for crate::pb::RecallRequest {
     fn explain(&self) -> bool {
         self.explain
+    }
+}
+
+impl crate::route::RouteKey for crate::pb::RecallRequest {
+    fn route_key(&self) -> &str {
+        &self.user_id
     }
 }
 

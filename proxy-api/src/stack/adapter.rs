@@ -34,12 +34,12 @@ where
     ) -> Self {
         let site = options
             .observe_local_calls
-            .then(|| Site::new(Side::Client, "local", stage, name));
+            .then(|| Site::new(Side::Client, "local", stage, name, crate::route::LOCAL));
         Self {
             stack: ServiceBuilder::new()
                 .layer(ObserveLayer::new(site))
                 .layer(DeadlineLayer::new(stage))
-                .service(Leaf::new(imp, method, stage)),
+                .service(Leaf::new(imp, method, stage, true)),
         }
     }
 
@@ -72,20 +72,23 @@ where
     M: Explain + Clone + Send + 'static,
     R: Timings + Send + 'static,
 {
-    /// The stack sending `name` calls through `balancer` with `send`.
+    /// The stack sending `name` calls through `balancer`, the pool
+    /// `target`, with `send`.
     pub fn new(
         balancer: Arc<Balancer>,
         stage: Stage,
         name: &'static str,
         send: SendFn<M, R>,
+        target: &str,
         _options: &RuntimeOptions,
     ) -> Self {
-        let site = Site::new(Side::Client, "grpc", stage, name);
+        let target = crate::route::intern(target);
+        let site = Site::new(Side::Client, "grpc", stage, name, target);
         Self {
             stack: ServiceBuilder::new()
                 .layer(ObserveLayer::new(Some(site)))
                 .layer(DeadlineLayer::new(stage))
-                .service(RemoteLeaf::new(balancer, send)),
+                .service(RemoteLeaf::new(balancer, send, target)),
         }
     }
 
@@ -105,6 +108,11 @@ pub struct ServeCall<I: ?Sized, M, R> {
     stack: ServerDeadline<Observe<Leaf<I, M, R>>>,
     /// The deadline of a request that arrives without `grpc-timeout`.
     default_deadline: Option<Duration>,
+    /// The stage served: at the entry stage, `x-tandem-*` headers from
+    /// untrusted peers are dropped.
+    entry: bool,
+    /// Peers whose `x-tandem-*` headers the entry stage keeps.
+    trusted: Arc<[crate::route::Cidr]>,
 }
 
 impl<I, M, R> ServeCall<I, M, R>
@@ -121,23 +129,37 @@ where
         method: Method<I, M, R>,
         options: &ServeOptions,
     ) -> Self {
-        let site = Site::new(Side::Server, "grpc", stage, name);
+        let site = Site::new(Side::Server, "grpc", stage, name, "");
         Self {
             stack: ServiceBuilder::new()
                 .layer(ServerDeadlineLayer::new(stage))
                 .layer(ObserveLayer::new(Some(site)))
-                .service(Leaf::new(imp, method, stage)),
+                .service(Leaf::new(imp, method, stage, false)),
             default_deadline: options.default_deadline,
+            entry: stage.callers().is_empty(),
+            trusted: Arc::clone(&options.trusted_peers),
         }
     }
 
     /// Serves one request that arrived over gRPC.
     pub async fn serve(&self, request: tonic::Request<M>) -> Result<tonic::Response<R>, Status> {
+        let trusted = !self.entry
+            || request
+                .remote_addr()
+                .is_some_and(|peer| self.trusted.iter().any(|c| c.contains(peer.ip())));
         let (metadata, _, msg) = request.into_parts();
-        let cx = Cx::inbound(&metadata, self.default_deadline)?;
+        let explain = msg.explain();
+        let cx = Cx::inbound(&metadata, self.default_deadline, trusted)?;
         let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;
         let call: BoxCall<'_, R> = tower::Service::call(&mut stack, Call::new(&cx, msg));
         let out = call.await?;
-        Ok(tonic::Response::new(out))
+        let mut response = tonic::Response::new(out);
+        if explain
+            && let Ok(path) = tonic::metadata::MetadataValue::try_from(cx.take_path())
+            && !path.is_empty()
+        {
+            response.metadata_mut().insert(crate::route::PATH, path);
+        }
+        Ok(response)
     }
 }

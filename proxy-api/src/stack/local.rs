@@ -18,12 +18,20 @@ pub struct Leaf<I: ?Sized, M, R> {
     method: Method<I, M, R>,
     /// Its stage, for timings and errors.
     stage: Stage,
+    /// Whether an explained call records `stage=local` in the path (caller
+    /// side; a served call is recorded by its caller).
+    record_path: bool,
 }
 
 impl<I: ?Sized, M, R> Leaf<I, M, R> {
     /// The leaf calling `imp`'s `method`.
-    pub fn new(imp: Arc<I>, method: Method<I, M, R>, stage: Stage) -> Self {
-        Self { imp, method, stage }
+    pub fn new(imp: Arc<I>, method: Method<I, M, R>, stage: Stage, record_path: bool) -> Self {
+        Self {
+            imp,
+            method,
+            stage,
+            record_path,
+        }
     }
 }
 
@@ -64,6 +72,9 @@ where
                 timer.resume();
             }
             let mut out = out?;
+            if explain && leaf.record_path {
+                cx.push_path(leaf.stage, crate::route::LOCAL);
+            }
             if let Some(timer) = child.timer() {
                 cx.push_timing(pb::StageTiming {
                     stage: leaf.stage.name().to_owned(),

@@ -76,11 +76,13 @@ where
                 inner: call_ref::<S, M>(&this.inner, call),
                 site: None,
                 started: None,
+                stress: false,
                 span: None,
             };
         };
         let started = Instant::now();
         call.now = Some(started);
+        let stress = crate::route::is_stress(call.cx);
         let (span, trace) = site.span(call.cx);
         if trace.is_some() {
             call.trace = trace;
@@ -93,6 +95,7 @@ where
             inner,
             site: Some(site),
             started: Some(started),
+            stress,
             span,
         }
     }
@@ -105,6 +108,8 @@ pin_project! {
         inner: F,
         site: Option<&'a Site>,
         started: Option<Instant>,
+        // Stress-tagged traffic is counted apart.
+        stress: bool,
         // Entered on every poll, as `Instrumented` does; `None` when no
         // subscriber records it.
         span: Option<tracing::Span>,
@@ -129,7 +134,7 @@ where
                 Ok(_) => tonic::Code::Ok,
                 Err(status) => status.code(),
             };
-            site.record(code, *started);
+            site.record(code, *started, *this.stress);
             if code != tonic::Code::Ok && this.span.is_some() {
                 tracing::debug!(target: "feeds::rpc", code = crate::observe::code_name(code), "call failed");
             }

@@ -13,12 +13,18 @@ pub struct RemoteLeaf<M, R> {
     balancer: Arc<Balancer>,
     /// tonic's client call for the method.
     send: SendFn<M, R>,
+    /// The pool's name, recorded in an explained call's path.
+    target: &'static str,
 }
 
 impl<M, R> RemoteLeaf<M, R> {
-    /// The leaf sending through `balancer` with `send`.
-    pub fn new(balancer: Arc<Balancer>, send: SendFn<M, R>) -> Self {
-        Self { balancer, send }
+    /// The leaf sending through `balancer` (the pool `target`) with `send`.
+    pub fn new(balancer: Arc<Balancer>, send: SendFn<M, R>, target: &'static str) -> Self {
+        Self {
+            balancer,
+            send,
+            target,
+        }
     }
 }
 
@@ -56,7 +62,18 @@ where
             if let Some(timer) = timer {
                 timer.resume();
             }
-            let mut response = out?.into_inner();
+            let response = out?;
+            if explain {
+                if let Some(path) = response
+                    .metadata()
+                    .get(crate::route::PATH)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    cx.extend_path(path);
+                }
+                cx.push_path(leaf.balancer.stage(), leaf.target);
+            }
+            let mut response = response.into_inner();
             // Inside a timed stage, the callee's timings join the request's;
             // called from outside, the response keeps them.
             if timer.is_some()
