@@ -335,6 +335,9 @@ pub fn free_addr() -> SocketAddr {
 pub struct Proc {
     pub name: String,
     pub addr: SocketAddr,
+    /// The config file it was started with (a test may rewrite it and
+    /// send SIGHUP).
+    pub config: PathBuf,
     child: std::process::Child,
     _dir: tempfile::TempDir,
     pub stderr: PathBuf,
@@ -371,6 +374,7 @@ impl Proc {
         Proc {
             name: name.to_owned(),
             addr,
+            config: file,
             child,
             _dir: dir,
             stderr,
