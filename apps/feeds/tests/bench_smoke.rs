@@ -39,7 +39,18 @@ fn bench_smoke_writes_a_complete_report() {
         .iter()
         .filter_map(|c| c["topology"].as_str())
         .collect();
-    assert_eq!(topologies, ["monolith", "five-pod", "mixed", "echo-chain"]);
+    assert_eq!(
+        topologies,
+        [
+            "monolith",
+            "five-pod",
+            "mixed",
+            "per-tenant-default",
+            "per-tenant-lite",
+            "monolith-lite",
+            "echo-chain"
+        ]
+    );
     for c in configs {
         assert!(
             c["runs"][0]["closed"]["requests"]
@@ -55,7 +66,8 @@ fn bench_smoke_writes_a_complete_report() {
         assert_eq!(c["errors"].as_object().map(|e| e.len()), Some(0), "{c}");
     }
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 8, "{targets:?}");
+    // The eight of before and the two per-tenant rows.
+    assert_eq!(targets.len(), 10, "{targets:?}");
     assert!(
         json["rss"]
             .as_array()

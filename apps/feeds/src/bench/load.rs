@@ -78,9 +78,16 @@ fn finish(
 async fn call(
     client: &mut BusinessClient<Channel>,
     request: &pb::GetFeedRequest,
+    tenant: Option<&'static str>,
 ) -> Result<Vec<pb::StageTiming>, tonic::Code> {
     let mut r = tonic::Request::new(request.clone());
     r.set_timeout(Duration::from_secs(10));
+    if let Some(tenant) = tenant {
+        r.metadata_mut().insert(
+            proxy_api::context::TENANT,
+            tonic::metadata::MetadataValue::from_static(tenant),
+        );
+    }
     client
         .get_feed(r)
         .await
@@ -92,6 +99,7 @@ async fn call(
 /// returned, for `duration`.
 pub async fn closed_loop(
     clients: &[BusinessClient<Channel>],
+    tenant: Option<&'static str>,
     requests: Arc<Vec<pb::GetFeedRequest>>,
     concurrency: usize,
     duration: Duration,
@@ -117,7 +125,7 @@ pub async fn closed_loop(
             let mut i = worker;
             while Instant::now() < end {
                 let sent = Instant::now();
-                let result = call(&mut client, &requests[i % requests.len()]).await;
+                let result = call(&mut client, &requests[i % requests.len()], tenant).await;
                 hist.saturating_record(sent.elapsed().as_micros().max(1) as u64);
                 match result {
                     Ok(t) => add_timings(&mut timings, &t),
@@ -151,6 +159,7 @@ pub async fn closed_loop(
 /// `rate * duration` requests, each with a 10 s deadline.
 pub async fn open_loop(
     clients: &[BusinessClient<Channel>],
+    tenant: Option<&'static str>,
     requests: Arc<Vec<pb::GetFeedRequest>>,
     rate: f64,
     duration: Duration,
@@ -171,7 +180,7 @@ pub async fn open_loop(
         let request = requests[i as usize % requests.len()].clone();
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
-            let result = call(&mut client, &request).await;
+            let result = call(&mut client, &request, tenant).await;
             let latency = intended.elapsed().as_micros().max(1) as u64;
             if let Ok(mut s) = shared.lock() {
                 s.0.saturating_record(latency);

@@ -258,6 +258,31 @@ pub struct LocalHop {
     pub local_unobserved_ns: f64,
 }
 
+/// The rows that run the per-tenant deployment, and their reference.
+fn is_tenant_row(name: &str) -> bool {
+    name.starts_with("per-tenant") || name == "monolith-lite"
+}
+
+/// The payload closest to 16 KB of a sweep step.
+fn reference_payload(payloads: &[usize]) -> usize {
+    payloads
+        .iter()
+        .copied()
+        .min_by_key(|kb| kb.abs_diff(16))
+        .unwrap_or(16)
+}
+
+/// One row of the bench: a topology's processes and the tenant its
+/// traffic belongs to (`None`: the default tenant).
+struct Row {
+    /// The row's name in the report.
+    name: String,
+    /// The processes it starts.
+    launches: Vec<Launch>,
+    /// Sent as `x-tenant`.
+    tenant: Option<&'static str>,
+}
+
 /// `n` distinct loopback ports the OS picks.
 fn free_ports(n: usize) -> Result<Vec<u16>, BenchError> {
     let held = (0..n)
@@ -272,11 +297,18 @@ fn free_ports(n: usize) -> Result<Vec<u16>, BenchError> {
 /// The topologies, with the processes each one starts. Every topology runs
 /// from a copy of its files under `out/topologies/` moved to ports the OS
 /// picks, so the bench runs beside a server on the shipped ports.
-fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchError> {
-    let mut out = Vec::new();
-    for name in ["monolith", "five-pod", "mixed"] {
-        let files = topology::resolve(name, &opts.deploy_dir)?;
-        let files = topology::relocate(&files, &opts.out.join("topologies").join(name))?.files;
+fn topologies(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let mut out: Vec<Row> = Vec::new();
+    // `per-tenant-default`: the per-tenant deployment under the default
+    // tenant's traffic, which it sends to the per-stage processes.
+    for (name, dir) in [
+        ("monolith", "monolith"),
+        ("five-pod", "five-pod"),
+        ("mixed", "mixed"),
+        ("per-tenant-default", "per-tenant"),
+    ] {
+        let files = topology::resolve(dir, &opts.deploy_dir)?;
+        let files = topology::relocate(&files, &opts.out.join("topologies").join(dir))?.files;
         let mut launches = Vec::new();
         for file in files {
             let (_, plan) = crate::config::load(Some(&file)).map_err(TopologyError::from)?;
@@ -291,7 +323,28 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchEr
                 entry: plan.hosted.iter().any(|s| s.callers().is_empty()),
             });
         }
-        out.push((name.to_owned(), launches));
+        out.push(Row {
+            name: name.to_owned(),
+            launches,
+            tenant: None,
+        });
+    }
+    // The per-tenant deployment under `lite` traffic, which it serves
+    // in-process, and the monolith under the same traffic as its reference.
+    for (name, from, tenant) in [
+        ("per-tenant-lite", "per-tenant-default", Some("lite")),
+        ("monolith-lite", "monolith", Some("lite")),
+    ] {
+        let launches = out
+            .iter()
+            .find(|r| r.name == from)
+            .map(|r| r.launches.clone())
+            .unwrap_or_default();
+        out.push(Row {
+            name: name.to_owned(),
+            launches,
+            tenant,
+        });
     }
     // The echo chain, one process per stage in chain order, on free ports.
     let ports = free_ports(Stage::ALL.len())?;
@@ -320,7 +373,11 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<(String, Vec<Launch>)>, BenchEr
             }
         })
         .collect();
-    out.push(("echo-chain".to_owned(), echo));
+    out.push(Row {
+        name: "echo-chain".to_owned(),
+        launches: echo,
+        tenant: None,
+    });
     Ok(out)
 }
 
@@ -398,7 +455,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         .iter()
         .map(|(_, p)| p.len() as u64)
         .sum::<u64>()
-        * topologies.len() as u64;
+        * topologies
+            .iter()
+            .filter(|r| !is_tenant_row(&r.name))
+            .count() as u64
+        + settings.sweep.len() as u64
+            * topologies.iter().filter(|r| is_tenant_row(&r.name)).count() as u64;
     let bar = ProgressBar::new(phases * settings.runs as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -410,7 +472,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     for (items, payloads) in &settings.sweep {
         // Parity: every topology's sample, per payload, against the first one's.
         let mut reference: BTreeMap<usize, (String, Vec<pb::GetFeedResponse>)> = BTreeMap::new();
-        for (name, launches) in &topologies {
+        for Row {
+            name,
+            launches,
+            tenant,
+        } in &topologies
+        {
             bar.set_message(format!("{name}, {items} items: starting"));
             let processes = launches.len();
             let workers = (settings.worker_budget / processes).max(1);
@@ -428,18 +495,26 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     .await?;
             let entry = running.entry().unwrap_or(running.members[0].listen);
             let clients = clients(entry, 4).await?;
-            for kb in payloads {
+            // The per-tenant rows answer "does each tenant cost what its
+            // placement costs alone", at the reference payload only.
+            let payloads: Vec<usize> = match is_tenant_row(name) {
+                false => payloads.clone(),
+                true => vec![reference_payload(payloads)],
+            };
+            for kb in &payloads {
                 bar.set_message(format!("{name}, {items} items, {kb} KB"));
                 let echo = name == "echo-chain";
                 let requests = Arc::new(requests(*kb, settings.users, !echo));
                 load::closed_loop(
                     &clients,
+                    *tenant,
                     requests.clone(),
                     settings.concurrency,
                     Duration::from_secs_f64(settings.warmup_s),
                 )
                 .await;
-                if !echo {
+                // Answers are compared for the default tenant's traffic.
+                if !echo && tenant.is_none() {
                     let sample = self::requests(*kb, settings.users, false);
                     check_parity(
                         name,
@@ -455,6 +530,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     let (b, own) = (cpu_of(&running), procstat::cpu(None).unwrap_or_default());
                     let closed = load::closed_loop(
                         &clients,
+                        *tenant,
                         requests.clone(),
                         settings.concurrency,
                         Duration::from_secs_f64(settings.closed_s),
@@ -466,6 +542,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     let total: f64 = used.iter().sum();
                     let open = load::open_loop(
                         &clients,
+                        *tenant,
                         requests.clone(),
                         settings.rate,
                         Duration::from_secs_f64(settings.open_s),

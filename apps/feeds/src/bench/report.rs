@@ -127,11 +127,11 @@ impl Report {
         let hop = self.local_hop;
         for (name, ns) in [
             (
-                "local binding over a direct call (local calls not observed)",
+                "serving-path local hop over a direct call (deadline checked, local calls not observed)",
                 hop.local_unobserved_ns,
             ),
             (
-                "local binding over a direct call, with call metrics and spans (default)",
+                "serving-path local hop over a direct call (deadline checked, observed: the default)",
                 hop.local_ns,
             ),
         ] {
@@ -189,6 +189,32 @@ impl Report {
                 ),
                 met: Some(r <= 1.10),
             });
+        }
+        // Per-tenant: each tenant's traffic costs what its placement costs alone.
+        for (row, reference, what) in [
+            (
+                "per-tenant-lite",
+                "monolith-lite",
+                "lite traffic, vs the monolith under the same",
+            ),
+            (
+                "per-tenant-default",
+                "five-pod",
+                "default traffic, vs five-pod",
+            ),
+        ] {
+            if let (Some(r), Some(base)) = (self.reference(row), self.reference(reference)) {
+                let ratio = r.cpu_ms_per_req.median / base.cpu_ms_per_req.median.max(1e-9);
+                out.push(Target {
+                    name: format!("per-tenant CPU per request, {what}"),
+                    bound: "within 15% (0.85..1.15)".into(),
+                    measured: format!(
+                        "{ratio:.3} ({:.3} / {:.3} ms)",
+                        r.cpu_ms_per_req.median, base.cpu_ms_per_req.median
+                    ),
+                    met: Some((0.85..=1.15).contains(&ratio)),
+                });
+            }
         }
         // Checks on the harness itself.
         let busiest = self
