@@ -126,7 +126,8 @@ impl EventKind {
 pub struct GetFeedRequest {
     #[prost(string, tag = "1")]
     pub user_id: ::prost::alloc::string::String,
-    /// Items wanted on this page; 0 is rejected.
+    /// Items wanted on this page (AIP-158): 0 means the tenant's default page
+    /// size, and a value above the tenant's maximum is served at the maximum.
     #[prost(uint32, tag = "2")]
     pub page_size: u32,
     /// Opaque cursor from a previous response's `next_cursor`; empty for page 1.

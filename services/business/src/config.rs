@@ -22,8 +22,10 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
-    /// Largest `page_size` accepted.
+    /// Largest page; a larger `page_size` is served at this size (AIP-158).
     pub max_page_size: u32,
+    /// The page size of a request whose `page_size` is 0 (proto3's "unset").
+    pub default_page_size: u32,
     /// Category names this tenant may show; empty means all.
     pub allowed_categories: Vec<String>,
     /// Experiment layers this tenant takes part in; empty means all.
@@ -34,6 +36,7 @@ impl Default for TenantConfig {
     fn default() -> Self {
         Self {
             max_page_size: 50,
+            default_page_size: 10,
             allowed_categories: Vec::new(),
             layers: Vec::new(),
         }
@@ -48,6 +51,7 @@ impl Default for Config {
             "lite".to_owned(),
             TenantConfig {
                 max_page_size: 20,
+                default_page_size: 10,
                 allowed_categories: ["news", "sports", "music", "tech", "food", "travel"]
                     .map(String::from)
                     .to_vec(),
@@ -75,6 +79,15 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("business.tenants.{name}.max_page_size"),
                     format!("{} is out of range 1..={MAX_POOL}", tenant.max_page_size),
+                ));
+            }
+            if !(1..=tenant.max_page_size).contains(&tenant.default_page_size) {
+                return Err(ConfigError::new(
+                    format!("business.tenants.{name}.default_page_size"),
+                    format!(
+                        "{} is out of range 1..={} (its max_page_size)",
+                        tenant.default_page_size, tenant.max_page_size
+                    ),
                 ));
             }
         }

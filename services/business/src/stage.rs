@@ -56,15 +56,12 @@ impl BusinessStage {
                 message: "must not be empty".into(),
             });
         }
-        if request.page_size == 0 || request.page_size > limits.max_page_size {
-            return Err(Error::InvalidArgument {
-                field: "page_size",
-                message: format!(
-                    "{} is out of range 1..={} for tenant {tenant:?}",
-                    request.page_size, limits.max_page_size
-                ),
-            });
-        }
+        // AIP-158: 0 (unset) means the tenant's default, and a page larger
+        // than the tenant allows is served at its maximum.
+        let size = match request.page_size {
+            0 => limits.default_page_size,
+            n => n.min(limits.max_page_size),
+        };
         let offset = parse_cursor(&request.cursor).ok_or_else(|| Error::InvalidArgument {
             field: "cursor",
             message: format!("{:?} is not a cursor this service issued", request.cursor),
@@ -75,13 +72,7 @@ impl BusinessStage {
                 message: format!("offset {offset} is past the end of the feed"),
             });
         }
-        Ok((
-            tenant.to_owned(),
-            Page {
-                offset,
-                size: request.page_size,
-            },
-        ))
+        Ok((tenant.to_owned(), Page { offset, size }))
     }
 }
 
@@ -237,21 +228,12 @@ mod tests {
             field(s.check(None, &request("", 10, "")).expect_err("empty user")),
             "user_id"
         );
-        assert_eq!(
-            field(s.check(None, &request("1", 0, "")).expect_err("zero")),
-            "page_size"
-        );
-        assert_eq!(
-            field(s.check(None, &request("1", 51, "")).expect_err("too big")),
-            "page_size"
-        );
-        assert_eq!(
-            field(
-                s.check(Some("lite"), &request("1", 21, ""))
-                    .expect_err("lite")
-            ),
-            "page_size"
-        );
+        // AIP-158: 0 is the tenant's default, too large is its maximum.
+        let size = |tenant, n| s.check(tenant, &request("1", n, "")).expect("valid").1.size;
+        assert_eq!(size(None, 0), 10);
+        assert_eq!(size(None, 51), 50);
+        assert_eq!(size(Some("lite"), 21), 20);
+        assert_eq!(size(Some("lite"), 7), 7);
         assert_eq!(
             field(s.check(None, &request("1", 10, "zz")).expect_err("cursor")),
             "cursor"
