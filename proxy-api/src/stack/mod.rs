@@ -2,16 +2,21 @@
 //! same way for both bindings and both sides:
 //!
 //! ```text
-//! caller side:  observe -> deadline (clock check) -> local leaf | remote leaf (balancer)
+//! caller side:  [route: XRouted picks a target, when the stage has routes]
+//!               -> observe -> deadline (clock check) -> local leaf | remote leaf (balancer)
 //! server side:  [shed -> limits, on the HTTP server] -> deadline (timer) -> observe -> local leaf
 //! ```
 //!
-//! The generated adapters (`XLocal`, `XRemote`, `XServe`) only build these
-//! stacks and call them; stage code sees its messages and a [`Cx`].
+//! The route comes first because each target (`local`, each pool) is its own
+//! stack, observed under its own `target` label (see [`crate::route`]).
+//!
+//! The generated adapters (`XLocal`, `XRemote`, `XServe`, `XRouted`) only
+//! build these stacks and call them; stage code sees its messages and a [`Cx`].
 //!
 //! A stack's services are `&'a Layer<..>`: calling one borrows the stack
-//! instead of cloning it per call, so a local hop allocates nothing beyond
-//! the one boxed future the stage trait returns.
+//! instead of cloning it per call. An observed local hop allocates one box
+//! (the observed future) beyond the one the stage trait returns; an
+//! unobserved one hands back the implementation's own future.
 //!
 //! # Layout
 //! - `observe`: [`Observe`], metrics and spans (see [`crate::observe`]).
