@@ -172,9 +172,17 @@ fn explain_impls(
             true => quote!(Some(&mut self.timings)),
             false => quote!(None),
         };
+        let degraded = match has_field(fds, &m.output_proto_type, "degraded", Type::Bool, false) {
+            true => quote!(self.degraded),
+            false => quote!(false),
+        };
         out.extend(quote! {
             impl crate::stack::Timings for #ty {
                 fn timings(&mut self) -> Option<&mut Vec<crate::pb::StageTiming>> { #body }
+            }
+
+            impl crate::stack::Degraded for #ty {
+                fn degraded(&self) -> bool { #degraded }
             }
         });
     }

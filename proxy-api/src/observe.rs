@@ -64,6 +64,7 @@ pub struct Metrics {
     registry: prometheus::Registry,
     route_fallbacks: IntCounterVec,
     route_reloads: IntCounterVec,
+    degraded: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -101,6 +102,11 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
             "feeds_route_reloads_total",
             "Route and pool reloads, by result (ok, error).",
             &["result"],
+        )?,
+        degraded: plain(
+            "feeds_degraded_responses_total",
+            "Answers served degraded (a stage below failed), by stage and tenant.",
+            &["stage", "tenant"],
         )?,
         client_handled: counter(
             "grpc_client_handled_total",
@@ -356,6 +362,17 @@ pub(crate) fn count_fallback(stage: Stage, from: &str, to: &str) {
         && let Ok(c) = m
             .route_fallbacks
             .get_metric_with_label_values(&[stage.name(), from, to])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one degraded answer served by `stage` to `tenant`.
+pub(crate) fn count_degraded(stage: Stage, tenant: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m
+            .degraded
+            .get_metric_with_label_values(&[stage.name(), tenant])
     {
         c.inc();
     }

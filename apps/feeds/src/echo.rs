@@ -76,6 +76,7 @@ impl business_server::Business for Echo {
             next_cursor: String::new(),
             assignment: down.assignment,
             timings: Vec::new(),
+            degraded: false,
         }))
     }
 }

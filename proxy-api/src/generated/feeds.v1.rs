@@ -150,6 +150,11 @@ pub struct GetFeedResponse {
     pub assignment: ::core::option::Option<Assignment>,
     #[prost(message, repeated, tag = "4")]
     pub timings: ::prost::alloc::vec::Vec<StageTiming>,
+    /// True when a stage below failed or ran out of time and this page is the
+    /// tenant's degraded page instead: popular items within its constraints
+    /// (only for tenants with `degraded_pages` on).
+    #[prost(bool, tag = "5")]
+    pub degraded: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FeedItem {

@@ -232,6 +232,12 @@ impl crate::stack::Timings for crate::pb::GetFeedResponse {
     }
 }
 
+impl crate::stack::Degraded for crate::pb::GetFeedResponse {
+    fn degraded(&self) -> bool {
+        self.degraded
+    }
+}
+
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn business_get_feed<'a>(
     imp: &'a (dyn Business + 'static),
@@ -472,6 +478,12 @@ impl crate::route::RouteKey for crate::pb::SplitRequest {
 impl crate::stack::Timings for crate::pb::SplitResponse {
     fn timings(&mut self) -> Option<&mut Vec<crate::pb::StageTiming>> {
         Some(&mut self.timings)
+    }
+}
+
+impl crate::stack::Degraded for crate::pb::SplitResponse {
+    fn degraded(&self) -> bool {
+        false
     }
 }
 
@@ -726,6 +738,12 @@ impl crate::stack::Timings for crate::pb::RerankResponse {
     }
 }
 
+impl crate::stack::Degraded for crate::pb::RerankResponse {
+    fn degraded(&self) -> bool {
+        false
+    }
+}
+
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn rerank_rerank<'a>(
     imp: &'a (dyn Rerank + 'static),
@@ -977,6 +995,12 @@ impl crate::stack::Timings for crate::pb::RankResponse {
     }
 }
 
+impl crate::stack::Degraded for crate::pb::RankResponse {
+    fn degraded(&self) -> bool {
+        false
+    }
+}
+
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn fine_rank_rank<'a>(
     imp: &'a (dyn FineRank + 'static),
@@ -1225,6 +1249,12 @@ impl crate::route::RouteKey for crate::pb::RecallRequest {
 impl crate::stack::Timings for crate::pb::RecallResponse {
     fn timings(&mut self) -> Option<&mut Vec<crate::pb::StageTiming>> {
         Some(&mut self.timings)
+    }
+}
+
+impl crate::stack::Degraded for crate::pb::RecallResponse {
+    fn degraded(&self) -> bool {
+        false
     }
 }
 

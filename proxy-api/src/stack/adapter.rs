@@ -108,8 +108,10 @@ pub struct ServeCall<I: ?Sized, M, R> {
     stack: ServerDeadline<Observe<Leaf<I, M, R>>>,
     /// The deadline of a request that arrives without `grpc-timeout`.
     default_deadline: Option<Duration>,
-    /// The stage served: at the entry stage, `x-tandem-*` headers from
-    /// untrusted peers are dropped.
+    /// The stage served.
+    stage: Stage,
+    /// Whether it is the entry stage: `x-tandem-*` headers from untrusted
+    /// peers are dropped there.
     entry: bool,
     /// Peers whose `x-tandem-*` headers the entry stage keeps.
     trusted: Arc<[crate::route::Cidr]>,
@@ -119,7 +121,7 @@ impl<I, M, R> ServeCall<I, M, R>
 where
     I: ?Sized + Send + Sync + 'static,
     M: Explain + Send + 'static,
-    R: Timings + Send + 'static,
+    R: Timings + super::Degraded + Send + 'static,
 {
     /// The stack serving `imp`'s `method` (`name` in metrics and spans).
     pub fn new(
@@ -136,6 +138,7 @@ where
                 .layer(ObserveLayer::new(Some(site)))
                 .service(Leaf::new(imp, method, stage, false)),
             default_deadline: options.default_deadline,
+            stage,
             entry: stage.callers().is_empty(),
             trusted: Arc::clone(&options.trusted_peers),
         }
@@ -153,6 +156,9 @@ where
         let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;
         let call: BoxCall<'_, R> = tower::Service::call(&mut stack, Call::new(&cx, msg));
         let out = call.await?;
+        if out.degraded() {
+            crate::observe::count_degraded(self.stage, cx.tenant().unwrap_or(""));
+        }
         let mut response = tonic::Response::new(out);
         if explain
             && let Ok(path) = tonic::metadata::MetadataValue::try_from(cx.take_path())

@@ -101,6 +101,14 @@ pub trait Timings {
     fn timings(&mut self) -> Option<&mut Vec<pb::StageTiming>>;
 }
 
+/// A response message that may say it is a degraded answer (generated for
+/// every response type: its `degraded` field, or false). Server adapters
+/// count them in `feeds_degraded_responses_total{stage,tenant}`.
+pub trait Degraded {
+    /// Whether this answer stands in for a failure below.
+    fn degraded(&self) -> bool;
+}
+
 /// How the caller-side stacks of one registry behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeOptions {

@@ -30,6 +30,10 @@ pub struct TenantConfig {
     pub allowed_categories: Vec<String>,
     /// Experiment layers this tenant takes part in; empty means all.
     pub layers: Vec<String>,
+    /// When a stage below fails or runs out of time, serve a page of popular
+    /// items within the tenant's constraints, marked `degraded`, instead of
+    /// the error.
+    pub degraded_pages: bool,
 }
 
 impl Default for TenantConfig {
@@ -39,6 +43,7 @@ impl Default for TenantConfig {
             default_page_size: 10,
             allowed_categories: Vec::new(),
             layers: Vec::new(),
+            degraded_pages: false,
         }
     }
 }
@@ -56,6 +61,7 @@ impl Default for Config {
                     .map(String::from)
                     .to_vec(),
                 layers: vec!["ranking".to_owned()],
+                degraded_pages: false,
             },
         );
         Self {

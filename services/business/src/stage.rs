@@ -114,6 +114,22 @@ impl BusinessStage {
         (items, next_cursor)
     }
 
+    /// The degraded pool: the most popular items the user has not just seen,
+    /// best first (the page then applies the tenant's categories).
+    fn popular(&self, seen: &[u64]) -> Vec<pb::ScoredItem> {
+        self.world
+            .by_popularity()
+            .iter()
+            .filter(|id| !seen.contains(id))
+            .take(MAX_POOL as usize * 4)
+            .map(|&item_id| pb::ScoredItem {
+                item_id,
+                score: 0.0,
+                channel: "popular".into(),
+            })
+            .collect()
+    }
+
     /// The request's context, with the user's recent history from the
     /// interaction log when the product sent none (a known user).
     fn with_history(&self, user_id: &str, context: Option<pb::UserContext>) -> pb::UserContext {
@@ -123,6 +139,22 @@ impl BusinessStage {
         }
         context
     }
+}
+
+/// Whether a failure below business is one a degraded page stands in for:
+/// the stages below failed or ran out of time, not the request itself.
+fn degradable(status: &Status) -> bool {
+    use proxy_api::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
 }
 
 #[proxy_api::async_trait]
@@ -142,6 +174,7 @@ impl proxy_api::Business for BusinessStage {
             MAX_POOL
         };
         let context = self.with_history(&request.user_id, request.context);
+        let seen = context.recent_items.clone();
         let split = self
             .split
             .split(
@@ -154,14 +187,28 @@ impl proxy_api::Business for BusinessStage {
                     explain: request.explain,
                 },
             )
-            .await
-            .map_err(Error::from)?;
+            .await;
+        let split = match split {
+            Ok(split) => split,
+            Err(status) if limits.degraded_pages && degradable(&status) => {
+                let (items, next_cursor) = self.page(&tenant, page, self.popular(&seen));
+                return Ok(pb::GetFeedResponse {
+                    items,
+                    next_cursor,
+                    assignment: None,
+                    timings: Vec::new(),
+                    degraded: true,
+                });
+            }
+            Err(status) => return Err(Error::from(status).into()),
+        };
         let (items, next_cursor) = self.page(&tenant, page, split.items);
         Ok(pb::GetFeedResponse {
             items,
             next_cursor,
             assignment: split.assignment,
             timings: Vec::new(),
+            degraded: false,
         })
     }
 }
