@@ -239,7 +239,10 @@ impl Config {
             }
             remote.validate_with(&key, !hosted_here)?;
             if !hosted_here {
-                remotes.push((stage, remote.clone()));
+                // The `default` pool alone: named pools are the routes' business.
+                let mut default = remote.clone();
+                default.pools.clear();
+                remotes.push((stage, default));
             }
         }
         remotes.sort_by_key(|(s, _)| *s);
@@ -529,5 +532,44 @@ mod tests {
         let mut c = front();
         c.remote.insert("bogus".into(), RemoteConfig::default());
         assert_eq!(key(c), "remote.bogus");
+    }
+
+    #[test]
+    fn route_rejections_name_the_key() {
+        let parse = |text: &str| -> Config {
+            figment::Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text))
+                .extract()
+                .expect("parses")
+        };
+        let key = |text: &str| parse(text).validate().expect_err("invalid").key;
+        assert_eq!(
+            key("[[routes.business]]\ntarget = \"local\"\n"),
+            "routes.business"
+        );
+        assert_eq!(
+            key("[[routes.recall]]\ntarget = \"canary\"\n"),
+            "routes.recall[0].target"
+        );
+        assert_eq!(
+            key("[process]\ntrusted_peers = [\"10.0.0.0/33\"]\n"),
+            "process.trusted_peers[0]"
+        );
+        assert_eq!(
+            key(
+                "[remote.recall.pools.local]\nendpoints = [\"http://127.0.0.1:1\"]\n[[routes.recall]]\ntarget = \"local\"\n"
+            ),
+            "remote.recall.pools.local"
+        );
+        // A hosted stage with a pool, reached only through its routes.
+        let ok = parse(
+            "[remote.recall.pools.canary]\nendpoints = [\"http://127.0.0.1:1\"]\n\
+             [[routes.recall]]\ndye = \"canary\"\ntarget = \"canary\"\n",
+        )
+        .validate()
+        .expect("valid");
+        assert_eq!(ok.routes.len(), 1);
+        assert!(ok.routes[0].pools.contains_key("canary"));
+        assert!(ok.remotes.is_empty());
     }
 }
