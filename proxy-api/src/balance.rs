@@ -273,26 +273,28 @@ impl Balancer {
             b.ejected_until.load(Ordering::Relaxed) <= now && b.healthy.load(Ordering::Relaxed)
         };
         let not_ejected = |i: &usize| list[*i].ejected_until.load(Ordering::Relaxed) <= now;
-        let mut choice: Vec<usize> = (0..list.len()).filter(open).filter(good).collect();
-        if choice.is_empty() {
-            choice = (0..list.len()).filter(open).filter(not_ejected).collect();
-        }
-        if choice.is_empty() {
-            choice = (0..list.len()).filter(open).collect();
-        }
-        match choice.len() {
-            0 => None,
-            1 => Some(choice[0]),
-            n => {
-                let r = crate::observe::random_u64();
-                let a = (r % n as u64) as usize;
-                let b = ((r >> 32) % (n as u64 - 1)) as usize;
-                let b = if b >= a { b + 1 } else { b };
-                let (a, b) = (choice[a], choice[b]);
-                let load = |i: usize| list[i].in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a })
+        let any = |_: &usize| true;
+        // Healthy endpoints first, then any not ejected, then any at all:
+        // counted and indexed in place, so picking allocates nothing.
+        let tiers: [&dyn Fn(&usize) -> bool; 3] = [&good, &not_ejected, &any];
+        for tier in tiers {
+            let eligible = || (0..list.len()).filter(open).filter(|i| tier(i));
+            let n = eligible().count();
+            match n {
+                0 => continue,
+                1 => return eligible().next(),
+                n => {
+                    let r = crate::observe::random_u64();
+                    let a = (r % n as u64) as usize;
+                    let b = ((r >> 32) % (n as u64 - 1)) as usize;
+                    let b = if b >= a { b + 1 } else { b };
+                    let (a, b) = (eligible().nth(a)?, eligible().nth(b)?);
+                    let load = |i: usize| list[i].in_flight.load(Ordering::Relaxed);
+                    return Some(if load(b) < load(a) { b } else { a });
+                }
             }
         }
+        None
     }
 
     /// Sends `request` to one endpoint with `send`; if the call never reached
@@ -676,5 +678,36 @@ mod tests {
             parse_source("http://a:1"),
             Ok(Source::Static("http://a:1".into()))
         );
+    }
+
+    #[tokio::test]
+    async fn pick_prefers_healthy_untried_and_less_loaded() {
+        let config = RemoteConfig {
+            endpoints: (1..=4).map(|p| format!("http://127.0.0.1:{p}")).collect(),
+            ..RemoteConfig::default()
+        };
+        let b = Balancer::new(Stage::Recall, &config, crate::Limits::default()).expect("balancer");
+        let list = b.snapshot();
+        assert_eq!(list.len(), 4);
+        // Endpoint 2 alone is healthy: it is picked whatever the dice say.
+        for (i, backend) in list.iter().enumerate() {
+            backend.healthy.store(i == 2, Ordering::Relaxed);
+        }
+        for _ in 0..50 {
+            assert_eq!(b.pick(&list, &[]), Some(2));
+        }
+        // Tried already: another one, never a tried one.
+        for _ in 0..50 {
+            let got = b.pick(&list, &[2]).expect("one left");
+            assert_ne!(got, 2);
+        }
+        // All healthy, one busy: of any two it compares, the busy one loses.
+        for backend in list.iter() {
+            backend.healthy.store(true, Ordering::Relaxed);
+        }
+        list[0].in_flight.store(100, Ordering::Relaxed);
+        let zero = (0..200).filter(|_| b.pick(&list, &[]) == Some(0)).count();
+        assert_eq!(zero, 0, "the loaded endpoint was picked");
+        assert_eq!(b.pick(&list, &[0, 1, 2, 3]), None);
     }
 }
