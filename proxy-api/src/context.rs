@@ -99,20 +99,6 @@ impl Default for Cx {
     }
 }
 
-impl Clone for Cx {
-    /// A context with the same headers and deadline; the clone has no
-    /// own-time accounting of its own.
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-            deadline: self.deadline,
-            trace: self.trace,
-            bounded: self.bounded,
-            timer: None,
-        }
-    }
-}
-
 impl Cx {
     /// An empty context: no headers, no deadline.
     pub fn new() -> Self {

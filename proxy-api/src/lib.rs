@@ -28,7 +28,8 @@
 //! - `balance`: [`Balancer`]: endpoints (static or DNS), subsetting, power of
 //!   two choices, ejection, health probes, retries under a budget.
 //! - `observe`: metrics families, call sites and spans used by the observe layer.
-//! - `timing`: [`SelfTimer`], a stage's own time excluding its downstream.
+//! - `timing`: `SelfTimer`, a stage's own time excluding its downstream, kept
+//!   by the adapters while explaining.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
@@ -71,7 +72,6 @@ pub use remote::RemoteConfig;
 pub use slot::{AnySlot, RemoteTarget, Service, Slot, SlotOf};
 pub use stack::{BoxCall, RuntimeOptions};
 pub use stages::*;
-pub use timing::SelfTimer;
 /// Status codes.
 pub use tonic::Code;
 /// The status every stage call answers with (tonic's).

@@ -33,11 +33,6 @@ pub const LOCAL: &str = "local";
 /// The name of the pool `[remote.<stage>]` itself describes.
 pub const DEFAULT_POOL: &str = "default";
 
-/// Whether `cx` carries the stress tag.
-pub fn is_stress(cx: &Cx) -> bool {
-    cx.is_stress()
-}
-
 /// One `[[routes.<stage>]]` rule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -202,7 +197,7 @@ impl Compiled {
                 .dye
                 .as_deref()
                 .is_none_or(|d| cx.header(DYE) == Some(d))
-            && self.stress.is_none_or(|s| is_stress(cx) == s)
+            && self.stress.is_none_or(|s| cx.is_stress() == s)
             && (self.users.is_empty() || self.users.contains(user))
     }
 }
@@ -294,7 +289,7 @@ impl<T: ?Sized> Table<T> {
             return target;
         }
         let to = &self.targets[fallback];
-        fallback_counter(self.stage, &target.name, &to.name);
+        crate::observe::count_fallback(self.stage, &target.name, &to.name);
         to
     }
 
@@ -481,10 +476,6 @@ pub(crate) fn intern(name: &str) -> &'static str {
     let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
     names.insert(name.to_owned(), leaked);
     leaked
-}
-
-fn fallback_counter(stage: Stage, from: &str, to: &str) {
-    crate::observe::count_fallback(stage, from, to);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::{Balancer, Limits, Registry, ServeOptions, Stage};
+use crate::{Balancer, Limits, Registry, ServeOptions};
 
 /// The health service name that says only "this process is up": SERVING
 /// from the moment the stages are built until the process exits, whatever
@@ -236,14 +236,4 @@ async fn follow_downstreams(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The stages a registry serves, for callers that log or probe them.
-pub fn served(registry: &Registry) -> Vec<Stage> {
-    registry
-        .topology()
-        .into_iter()
-        .filter(|(_, b)| *b == crate::Binding::Local)
-        .map(|(s, _)| s)
-        .collect()
 }

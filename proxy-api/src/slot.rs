@@ -192,9 +192,6 @@ pub trait AnySlot {
     /// The balancer of a `grpc` binding (of a routed slot: its default
     /// pool's, when it has no local implementation).
     fn balancer(&self) -> Option<Arc<Balancer>>;
-    /// The targets a route of this slot may name, given `pools` (the named
-    /// pools of `[remote.<stage>]`).
-    fn targets(&self, pools: &BTreeMap<String, RemoteConfig>) -> Vec<String>;
     /// Puts the slot behind a route table of `rules` over its local
     /// implementation (if any) and `pools` (plus the `default` pool it is
     /// already bound to), or replaces the table of a routed slot. Returns
@@ -276,25 +273,6 @@ impl<S: Service> AnySlot for Slot<S> {
                 .map(|(_, _, b)| Arc::clone(b)),
             _ => None,
         }
-    }
-
-    fn targets(&self, pools: &BTreeMap<String, RemoteConfig>) -> Vec<String> {
-        let local = matches!(
-            self.state,
-            State::Local { .. } | State::Routed { imp: Some(_), .. }
-        );
-        let bound_default = matches!(self.state, State::Remote { .. });
-        local
-            .then(|| LOCAL.to_owned())
-            .into_iter()
-            .chain(bound_default.then(|| DEFAULT_POOL.to_owned()))
-            .chain(
-                pools
-                    .keys()
-                    .filter(|k| !(bound_default && *k == DEFAULT_POOL))
-                    .cloned(),
-            )
-            .collect()
     }
 
     fn set_routes(

@@ -132,19 +132,8 @@ pub fn relocate(files: &[PathBuf], into: &Path) -> Result<Relocated, TopologyErr
             }
         }
     }
-    // Hold every picked port until all are picked, so none repeats.
-    let mut held = Vec::new();
-    for a in &addrs {
-        let l = std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0)).map_err(io(into))?;
-        held.push(l);
-    }
-    let moved: Vec<(SocketAddr, SocketAddr)> = addrs
-        .iter()
-        .zip(&held)
-        .map(|(a, l)| Ok((*a, l.local_addr()?)))
-        .collect::<Result<_, std::io::Error>>()
-        .map_err(io(into))?;
-    drop(held);
+    let free = free_addrs(addrs.iter().map(SocketAddr::ip)).map_err(io(into))?;
+    let moved: Vec<(SocketAddr, SocketAddr)> = addrs.into_iter().zip(free).collect();
     std::fs::create_dir_all(into).map_err(io(into))?;
     let mut out = Vec::new();
     for file in files {
@@ -158,6 +147,18 @@ pub fn relocate(files: &[PathBuf], into: &Path) -> Result<Relocated, TopologyErr
         out.push(target);
     }
     Ok(Relocated { files: out, moved })
+}
+
+/// One free port on each of `ips`, picked by the OS. Every port is held
+/// until all are picked, so none repeats.
+pub fn free_addrs(
+    ips: impl IntoIterator<Item = std::net::IpAddr>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let held = ips
+        .into_iter()
+        .map(|ip| std::net::TcpListener::bind(SocketAddr::new(ip, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(std::net::TcpListener::local_addr).collect()
 }
 
 /// `text` with every `from` that is not followed by another digit replaced.

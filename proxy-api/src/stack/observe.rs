@@ -82,7 +82,7 @@ where
         };
         let started = Instant::now();
         call.now = Some(started);
-        let stress = crate::route::is_stress(call.cx);
+        let stress = call.cx.is_stress();
         let (span, trace) = site.span(call.cx);
         if trace.is_some() {
             call.trace = trace;

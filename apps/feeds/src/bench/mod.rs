@@ -285,13 +285,9 @@ struct Row {
 
 /// `n` distinct loopback ports the OS picks.
 fn free_ports(n: usize) -> Result<Vec<u16>, BenchError> {
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(BenchError::Io)?;
-    held.iter()
-        .map(|l| Ok(l.local_addr().map_err(BenchError::Io)?.port()))
-        .collect()
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let addrs = topology::free_addrs(std::iter::repeat_n(loopback, n)).map_err(BenchError::Io)?;
+    Ok(addrs.iter().map(SocketAddr::port).collect())
 }
 
 /// The topologies, with the processes each one starts. Every topology runs
