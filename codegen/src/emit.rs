@@ -189,6 +189,31 @@ fn explain_impls(
     Ok(out)
 }
 
+/// A stage trait method written in async_trait's expanded form, so the
+/// adapter hands back the one boxed future `body` makes instead of boxing
+/// it again.
+fn boxed_method(
+    method: &Ident,
+    input: &TokenStream,
+    output: &TokenStream,
+    body: TokenStream,
+) -> TokenStream {
+    quote! {
+        fn #method<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            cx: &'life1 crate::Cx,
+            request: #input,
+        ) -> crate::BoxCall<'async_trait, #output>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            #body
+        }
+    }
+}
+
 fn stage(
     node: &Node,
     fds: &FileDescriptorSet,
@@ -254,44 +279,28 @@ fn stage(
         remote_init.push(quote! {
             #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #send_fn, target, options)
         });
-        routed_methods.push(quote! {
-            fn #method<'life0, 'life1, 'async_trait>(
-                &'life0 self,
-                cx: &'life1 crate::Cx,
-                request: #input,
-            ) -> crate::BoxCall<'async_trait, #output>
-            where
-                'life0: 'async_trait,
-                'life1: 'async_trait,
-                Self: 'async_trait,
-            {
+        routed_methods.push(boxed_method(
+            &method,
+            &input,
+            &output,
+            quote! {
                 // The table the call starts with serves it to the end.
                 let table = self.router.current();
                 Box::pin(async move {
                     let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
                     target.stub.#method(cx, request).await
                 })
-            }
-        });
+            },
+        ));
         serve_init.push(quote! {
             #method: crate::stack::ServeCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
         });
-        // async_trait's expanded signature, so the adapter hands back the
-        // stack's one boxed future instead of boxing it again.
-        local_methods.push(quote! {
-            fn #method<'life0, 'life1, 'async_trait>(
-                &'life0 self,
-                cx: &'life1 crate::Cx,
-                request: #input,
-            ) -> crate::BoxCall<'async_trait, #output>
-            where
-                'life0: 'async_trait,
-                'life1: 'async_trait,
-                Self: 'async_trait,
-            {
-                self.#method.call(cx, request)
-            }
-        });
+        local_methods.push(boxed_method(
+            &method,
+            &input,
+            &output,
+            quote!(self.#method.call(cx, request)),
+        ));
         serve_methods.push(quote! {
             async fn #method(&self, request: tonic::Request<#input>) -> Result<tonic::Response<#output>, tonic::Status> {
                 self.#method.serve(request).await
