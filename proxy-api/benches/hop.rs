@@ -58,6 +58,7 @@ fn answer() -> pb::RecallResponse {
                 item_id: i,
                 score: 0.5,
                 channel: String::new(),
+                reserve: false,
             })
             .collect(),
         timings: Vec::new(),

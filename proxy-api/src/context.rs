@@ -239,6 +239,15 @@ impl Cx {
         }
     }
 
+    /// Leaves a note for whoever reads this request's `explain` output: it
+    /// appears under the running stage's timing. Does nothing (and costs a
+    /// branch) when the request is not explaining.
+    pub fn note(&self, note: impl FnOnce() -> String) {
+        if let Some(timer) = &self.timer {
+            timer.note(note());
+        }
+    }
+
     /// Appends one stage's own time to the request's explain timings.
     pub(crate) fn push_timing(&self, timing: pb::StageTiming) {
         if let Ok(mut t) = self.shared.timings.lock() {

@@ -65,6 +65,7 @@ pub struct Metrics {
     route_fallbacks: IntCounterVec,
     route_reloads: IntCounterVec,
     degraded: IntCounterVec,
+    caps_relaxed: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -106,6 +107,12 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
         degraded: plain(
             "feeds_degraded_responses_total",
             "Answers served degraded (a stage below failed), by stage and tenant.",
+            &["stage", "tenant"],
+        )?,
+        caps_relaxed: plain(
+            "feeds_caps_relaxed_total",
+            "Pages whose diversity caps were relaxed because the allowed candidates \
+             could not fill them, by stage and tenant.",
             &["stage", "tenant"],
         )?,
         client_handled: counter(
@@ -373,6 +380,18 @@ pub(crate) fn count_degraded(stage: Stage, tenant: &str) {
         && let Ok(c) = m
             .degraded
             .get_metric_with_label_values(&[stage.name(), tenant])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one page on which `stage` relaxed its diversity caps for `tenant`
+/// (the allowed candidates could not fill the page under them).
+pub fn count_caps_relaxed(stage: &str, tenant: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m
+            .caps_relaxed
+            .get_metric_with_label_values(&[stage, tenant])
     {
         c.inc();
     }

@@ -27,6 +27,8 @@ pub struct SelfTimer {
     segment: AtomicU64,
     /// CPU time (ns) of the finished segments.
     own: AtomicU64,
+    /// Notes the stage left for `explain` (see [`crate::Cx::note`]).
+    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl SelfTimer {
@@ -35,7 +37,23 @@ impl SelfTimer {
         Self {
             segment: AtomicU64::new(thread_cpu_ns()),
             own: AtomicU64::new(0),
+            notes: std::sync::Mutex::default(),
         }
+    }
+
+    /// Keeps a note for this stage's explain timing.
+    pub(crate) fn note(&self, note: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(note);
+        }
+    }
+
+    /// The notes kept so far.
+    pub(crate) fn take_notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
     }
 
     /// Ends the current segment: a downstream call starts.

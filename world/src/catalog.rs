@@ -114,6 +114,10 @@ impl World {
             row.iter_mut().for_each(|x| *x = rng.gaussian());
             normalize(row);
         }
+        let progress = crate::progress::Progress::new(
+            "world: items and users",
+            items.len() as u64 + u64::from(config.users),
+        );
         let mut latents = vec![0f32; items.len() * dims];
         let mut item_embeddings = vec![0f32; items.len() * dims];
         for (item, (latent, embedding)) in items.iter().zip(
@@ -127,6 +131,7 @@ impl World {
                 *e = l + EMBED_NOISE * scale(dims) * rng.gaussian();
             }
             normalize(embedding);
+            progress.add(1);
         }
 
         let users = config.users as usize;
@@ -166,7 +171,9 @@ impl World {
                 &by_category,
                 dims,
             ));
+            progress.add(1);
         }
+        progress.finish();
 
         Self {
             config: config.clone(),

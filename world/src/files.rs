@@ -12,6 +12,7 @@
 //! A loaded world has no hidden ground truth, so it serves but cannot be
 //! evaluated against the truth.
 
+use crate::progress::Progress;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -118,10 +119,22 @@ impl World {
             dir: Some(dir.display().to_string()),
         };
         config.validate().map_err(|e| err(&path, e.to_string()))?;
+        let names = [
+            "items.csv",
+            "item_embeddings.f32",
+            "user_embeddings.f32",
+            "interactions.csv",
+        ];
+        let bytes: u64 = names
+            .iter()
+            .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+            .map(|m| m.len())
+            .sum();
+        let progress = crate::progress::Progress::new("world: loading bytes", bytes);
 
         let path = dir.join("items.csv");
         let mut items = Vec::with_capacity(m.items as usize);
-        for_rows(&path, 5, |line, f| {
+        for_rows(&path, 5, &progress, |line, f| {
             let bad = |what: &str| err(&path, format!("line {line}: {what}"));
             let id: u64 = f[0].parse().map_err(|_| bad("id is not a number"))?;
             if id != items.len() as u64 {
@@ -155,12 +168,20 @@ impl World {
             ));
         }
         let dims = m.dims as usize;
-        let item_embeddings = read_f32s(&dir.join("item_embeddings.f32"), items.len() * dims)?;
-        let user_embeddings = read_f32s(&dir.join("user_embeddings.f32"), m.users as usize * dims)?;
+        let item_embeddings = read_f32s(
+            &dir.join("item_embeddings.f32"),
+            items.len() * dims,
+            &progress,
+        )?;
+        let user_embeddings = read_f32s(
+            &dir.join("user_embeddings.f32"),
+            m.users as usize * dims,
+            &progress,
+        )?;
 
         let path = dir.join("interactions.csv");
         let mut events: Vec<Vec<(i64, u64)>> = vec![Vec::new(); m.users as usize];
-        for_rows(&path, 3, |line, f| {
+        for_rows(&path, 3, &progress, |line, f| {
             let bad = |what: &str| err(&path, format!("line {line}: {what}"));
             let user: usize = f[0].parse().map_err(|_| bad("user is not a number"))?;
             let item: u64 = f[1].parse().map_err(|_| bad("item is not a number"))?;
@@ -190,6 +211,7 @@ impl World {
         for id in &by_popularity {
             by_category[items[*id as usize].category as usize].push(*id);
         }
+        progress.finish();
         Ok(World {
             config,
             items,
@@ -221,8 +243,9 @@ fn write_f32s(w: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_f32s(path: &Path, expected: usize) -> Result<Vec<f32>, FileError> {
+fn read_f32s(path: &Path, expected: usize, progress: &Progress) -> Result<Vec<f32>, FileError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+    progress.add(bytes.len() as u64);
     if bytes.len() != expected * 4 {
         return Err(err(
             path,
@@ -247,11 +270,13 @@ fn read_f32s(path: &Path, expected: usize) -> Result<Vec<f32>, FileError> {
 fn for_rows(
     path: &Path,
     fields: usize,
+    progress: &Progress,
     mut row: impl FnMut(usize, &[&str]) -> Result<(), FileError>,
 ) -> Result<(), FileError> {
     let file = std::fs::File::open(path).map_err(|e| err(path, e.to_string()))?;
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| err(path, format!("line {}: {e}", i + 1)))?;
+        progress.add(line.len() as u64 + 1);
         if i == 0 || line.trim().is_empty() {
             continue;
         }

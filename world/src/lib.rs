@@ -14,6 +14,7 @@ mod catalog;
 mod config;
 mod files;
 mod hash;
+pub mod progress;
 mod rng;
 
 pub use catalog::{Item, Truth, World};

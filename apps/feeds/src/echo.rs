@@ -55,6 +55,8 @@ impl business_server::Business for Echo {
                 context: r.context,
                 layers: Vec::new(),
                 explain: false,
+                constraints: Some(pb::Constraints::default()),
+                page_size: r.page_size,
             })
             .await?
             .into_inner();
@@ -105,6 +107,8 @@ impl split_server::Split for Echo {
                 context: r.context,
                 assignment: Some(assignment.clone()),
                 explain: false,
+                constraints: r.constraints,
+                page_size: r.page_size,
             })
             .await?
             .into_inner();
@@ -131,6 +135,7 @@ impl rerank_server::Rerank for Echo {
                 context: r.context,
                 assignment: r.assignment,
                 explain: false,
+                constraints: r.constraints,
             })
             .await?
             .into_inner();
@@ -157,6 +162,7 @@ impl fine_rank_server::FineRank for Echo {
                 context: r.context,
                 assignment: r.assignment,
                 explain: false,
+                constraints: r.constraints,
             })
             .await?
             .into_inner();
@@ -179,6 +185,7 @@ impl recall_server::Recall for Echo {
                 item_id: i * 37,
                 score: 1.0 / (1.0 + i as f32),
                 channel: "ann".into(),
+                reserve: false,
             })
             .collect();
         Ok(Response::new(pb::RecallResponse {

@@ -47,7 +47,7 @@ pub use config::{
 #[cfg(feature = "lab")]
 pub use echo::run_echo;
 #[cfg(feature = "lab")]
-pub use eval::{EvalError, EvalReport, Quality, eval};
+pub use eval::{EvalError, EvalReport, PageQuality, Quality, TenantReport, eval, eval_table};
 pub use query::{QueryArgs, QueryError, get_feed, get_feed_with_path, to_json, to_table};
 pub use serve::{
     LIVENESS, Listeners, ServeError, bind, describe, run, run_reloading, server_options,

@@ -60,7 +60,8 @@ enum Command {
     },
     #[cfg(feature = "lab")]
     /// Measure the pipeline against the world's hidden ground truth
-    /// (NDCG@20, Recall@100), next to a popularity-only baseline.
+    /// (NDCG@20, Recall@100), next to a popularity-only baseline, and each
+    /// tenant's first pages (empty, short, over a cap, diversity, coverage).
     Eval {
         /// TOML config file; its stage settings are evaluated as a monolith.
         #[arg(long, value_name = "FILE")]
@@ -68,6 +69,10 @@ enum Command {
         /// Users to evaluate, spread over the world.
         #[arg(long = "sample", default_value_t = 500)]
         sample: usize,
+        /// Users whose first page is measured for every tenant (default:
+        /// the --sample count).
+        #[arg(long = "page-users", value_name = "N")]
+        page_users: Option<usize>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -181,9 +186,10 @@ fn main() -> ExitCode {
         Command::Eval {
             config,
             sample,
+            page_users,
             json,
             world,
-        } => eval(config, world, sample, json),
+        } => eval(config, world, sample, page_users.unwrap_or(sample), json),
         #[cfg(feature = "lab")]
         Command::Train(a) => train(a.config, a.world, &a.out),
         #[cfg(feature = "lab")]
@@ -300,13 +306,19 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 #[cfg(feature = "lab")]
-fn eval(file: Option<PathBuf>, world: WorldArgs, sample: usize, json: bool) -> ExitCode {
+fn eval(
+    file: Option<PathBuf>,
+    world: WorldArgs,
+    sample: usize,
+    page_users: usize,
+    json: bool,
+) -> ExitCode {
     let (config, _) = match load(file, world) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let result = runtime(config.process.worker_threads)
-        .and_then(|rt| Ok(rt.block_on(feeds::eval(&config, sample))?));
+        .and_then(|rt| Ok(rt.block_on(feeds::eval(&config, sample, page_users))?));
     match result {
         Ok(report) if json => {
             println!(
@@ -316,11 +328,7 @@ fn eval(file: Option<PathBuf>, world: WorldArgs, sample: usize, json: bool) -> E
             ExitCode::SUCCESS
         }
         Ok(r) => {
-            println!("users evaluated: {}", r.users);
-            println!("{:<12} {:>9} {:>11}", "", "NDCG@20", "Recall@100");
-            for (name, q) in [("pipeline", &r.pipeline), ("popularity", &r.popularity)] {
-                println!("{name:<12} {:>9.4} {:>11.4}", q.ndcg_at_20, q.recall_at_100);
-            }
+            print!("{}", feeds::eval_table(&r));
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -422,9 +430,14 @@ fn write_world(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -
             let built = started.elapsed().as_secs_f32();
             let dir = recall::index_dir(out);
             stage.save_index(&dir)?;
+            let what = match config.recall.ann {
+                recall::AnnKind::Flat => "i2i table".to_owned(),
+                recall::AnnKind::Hnsw => {
+                    format!("i2i table and {} HNSW shards", config.recall.index_shards)
+                }
+            };
             eprintln!(
-                "wrote the recall index ({} shards, built in {built:.1} s) to {}",
-                config.recall.index_shards,
+                "wrote the recall index ({what}, built in {built:.1} s) to {}",
                 dir.display()
             );
             Ok(())

@@ -117,7 +117,7 @@ pub fn to_json(response: &pb::GetFeedResponse) -> serde_json::Value {
             "params": assignment.params,
         },
         "timings": response.timings.iter().map(|t| serde_json::json!({
-            "stage": t.stage, "self_us": t.self_us,
+            "stage": t.stage, "self_us": t.self_us, "notes": t.notes,
         })).collect::<Vec<_>>(),
     })
 }
@@ -163,6 +163,9 @@ pub fn to_table(response: &pb::GetFeedResponse, explain: bool) -> String {
         out.push_str("stage self time (µs, excluding downstream):\n");
         for t in &response.timings {
             out.push_str(&format!("  {:<9} {:>8}\n", t.stage, t.self_us));
+            for note in &t.notes {
+                out.push_str(&format!("    note: {note}\n"));
+            }
         }
     }
     out

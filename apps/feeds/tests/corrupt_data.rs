@@ -33,37 +33,35 @@ fn corrupt_world_and_model_files_are_named() {
     assert!(model_dir.join("v1.json").is_file() && model_dir.join("v2.json").is_file());
 
     assert!(
-        world_dir.join("index/index.json").is_file(),
-        "the index is saved too"
+        world_dir.join("index/i2i.json").is_file() && world_dir.join("index/i2i.bin").is_file(),
+        "the i2i table is saved too"
     );
 
     let bad = [
         ("FEEDS__WORLD__DIR", w),
         ("FEEDS__PROCESS__LISTEN", "127.0.0.1:0"),
     ];
-    // A damaged index file stops serve, naming it.
-    let graph = world_dir.join("index/shard-1.hnsw.graph");
-    let intact = std::fs::read(&graph).expect("graph");
+    // A damaged i2i table stops serve, naming it.
+    let table = world_dir.join("index/i2i.bin");
+    let intact = std::fs::read(&table).expect("table");
     let mut damaged = intact.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
-    std::fs::write(&graph, &damaged).expect("damage");
+    std::fs::write(&table, &damaged).expect("damage");
     let out = feeds(&["serve"], &bad);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("shard-1.hnsw.graph"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("i2i.bin"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("serving"), "{}", stderr(&out));
-    std::fs::write(&graph, &intact).expect("restore");
-    // An index built with other parameters is refused, naming its manifest.
+    std::fs::write(&table, &intact).expect("restore");
+    // A table built for another neighbour count is refused, naming its
+    // manifest.
     let out = feeds(
         &["serve"],
-        &[bad[0], bad[1], ("FEEDS__RECALL__INDEX_SHARDS", "3")],
+        &[bad[0], bad[1], ("FEEDS__RECALL__I2I_NEIGHBOURS", "32")],
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("index.json"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("i2i.json"), "{}", stderr(&out));
 
     // A truncated embedding file must stop serve before it listens.
     std::fs::write(world_dir.join("item_embeddings.f32"), [0u8; 12]).expect("truncate");

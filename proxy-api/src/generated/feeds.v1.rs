@@ -75,6 +75,11 @@ pub struct ScoredItem {
     /// Recall channel that produced the item (ann, i2i, popular, ...).
     #[prost(string, tag = "3")]
     pub channel: ::prost::alloc::string::String,
+    /// Set by fine-rank on the candidates it keeps beyond its best-scored ones,
+    /// from categories those leave out, so rerank can satisfy its per-page caps:
+    /// rerank places one only when no other candidate satisfies them.
+    #[prost(bool, tag = "4")]
+    pub reserve: bool,
 }
 /// A stage's own time for one request, excluding its downstream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -83,6 +88,22 @@ pub struct StageTiming {
     pub stage: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
     pub self_us: u64,
+    /// What the stage wants a reader of `explain` to know about this request
+    /// (for example that rerank relaxed a diversity cap).
+    #[prost(string, repeated, tag = "3")]
+    pub notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// What the tenant may be shown. Business sets it from the tenant's config;
+/// every stage below passes it on and recall applies it while generating
+/// candidates, so no stage ranks an item the tenant would filter out.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Constraints {
+    /// Category names the tenant allows; empty allows every category.
+    #[prost(string, repeated, tag = "1")]
+    pub allowed_categories: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Creator names never shown to the tenant.
+    #[prost(string, repeated, tag = "2")]
+    pub blocked_creators: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -480,6 +501,9 @@ pub struct RankRequest {
     pub assignment: ::core::option::Option<Assignment>,
     #[prost(bool, tag = "4")]
     pub explain: bool,
+    /// The tenant's constraints, set by business.
+    #[prost(message, optional, tag = "5")]
+    pub constraints: ::core::option::Option<Constraints>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RankResponse {
@@ -788,6 +812,9 @@ pub struct RecallRequest {
     pub assignment: ::core::option::Option<Assignment>,
     #[prost(bool, tag = "4")]
     pub explain: bool,
+    /// The tenant's constraints, set by business.
+    #[prost(message, optional, tag = "5")]
+    pub constraints: ::core::option::Option<Constraints>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RecallResponse {
@@ -1096,6 +1123,13 @@ pub struct RerankRequest {
     pub assignment: ::core::option::Option<Assignment>,
     #[prost(bool, tag = "5")]
     pub explain: bool,
+    /// The tenant's constraints, set by business.
+    #[prost(message, optional, tag = "6")]
+    pub constraints: ::core::option::Option<Constraints>,
+    /// Items per page: rerank's diversity caps hold within each page-sized
+    /// window of the list. 0 treats the whole list as one page.
+    #[prost(uint32, tag = "7")]
+    pub page_size: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RerankResponse {
@@ -1408,6 +1442,13 @@ pub struct SplitRequest {
     pub layers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(bool, tag = "5")]
     pub explain: bool,
+    /// The tenant's constraints, set by business.
+    #[prost(message, optional, tag = "6")]
+    pub constraints: ::core::option::Option<Constraints>,
+    /// Items per page: rerank's diversity caps hold within each page-sized
+    /// window of the list. 0 treats the whole list as one page.
+    #[prost(uint32, tag = "7")]
+    pub page_size: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SplitResponse {

@@ -79,6 +79,7 @@ where
                 cx.push_timing(pb::StageTiming {
                     stage: leaf.stage.name().to_owned(),
                     self_us: u64::try_from(timer.own().as_micros()).unwrap_or(u64::MAX),
+                    notes: timer.take_notes(),
                 });
                 // The outermost stage of the request answers with them all.
                 if cx.timer().is_none()

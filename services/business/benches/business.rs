@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
             item_id: *id,
             score: 0.5,
             channel: "popular".into(),
+            reserve: false,
         })
         .collect();
     let request = pb::GetFeedRequest {

@@ -28,6 +28,8 @@ pub struct TenantConfig {
     pub default_page_size: u32,
     /// Category names this tenant may show; empty means all.
     pub allowed_categories: Vec<String>,
+    /// Creator names this tenant never shows.
+    pub blocked_creators: Vec<String>,
     /// Experiment layers this tenant takes part in; empty means all.
     pub layers: Vec<String>,
     /// When a stage below fails or runs out of time, serve a page of popular
@@ -42,6 +44,7 @@ impl Default for TenantConfig {
             max_page_size: 50,
             default_page_size: 10,
             allowed_categories: Vec::new(),
+            blocked_creators: Vec::new(),
             layers: Vec::new(),
             degraded_pages: false,
         }
@@ -60,6 +63,7 @@ impl Default for Config {
                 allowed_categories: ["news", "sports", "music", "tech", "food", "travel"]
                     .map(String::from)
                     .to_vec(),
+                blocked_creators: Vec::new(),
                 layers: vec!["ranking".to_owned()],
                 degraded_pages: false,
             },

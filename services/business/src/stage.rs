@@ -77,23 +77,28 @@ impl BusinessStage {
 }
 
 impl BusinessStage {
-    /// The page out of the ranked list: the tenant's category filter, the
-    /// slice at the cursor, item metadata, and the next cursor.
+    /// The page out of the ranked list: the tenant's constraints (applied
+    /// below already; checked again here, and what keeps a degraded page
+    /// within them), the slice at the cursor, item metadata, and the next
+    /// cursor.
     pub fn page(
         &self,
         tenant: &str,
         page: Page,
         ranked: Vec<pb::ScoredItem>,
     ) -> (Vec<pb::FeedItem>, String) {
-        let allowed = self
-            .config
-            .tenants
-            .get(tenant)
+        let limits = self.config.tenants.get(tenant);
+        let allowed = limits
             .map(|t| t.allowed_categories.as_slice())
+            .unwrap_or_default();
+        let blocked = limits
+            .map(|t| t.blocked_creators.as_slice())
             .unwrap_or_default();
         let shown = |s: &pb::ScoredItem| match self.world.item(s.item_id) {
             Some(item) => {
-                allowed.is_empty() || allowed.contains(&self.world.category_name(item.category))
+                (allowed.is_empty() || allowed.contains(&self.world.category_name(item.category)))
+                    && (blocked.is_empty()
+                        || !blocked.contains(&self.world.creator_name(item.creator)))
             }
             None => false,
         };
@@ -126,6 +131,7 @@ impl BusinessStage {
                 item_id,
                 score: 0.0,
                 channel: "popular".into(),
+                reserve: false,
             })
             .collect()
     }
@@ -166,13 +172,10 @@ impl proxy_api::Business for BusinessStage {
     ) -> Result<pb::GetFeedResponse, Status> {
         let (tenant, page) = self.check(cx.tenant(), &request)?;
         let limits = &self.config.tenants[&tenant];
-        // With a category filter, ask for the whole pool so filtering still fills the page.
-        // One item past the page tells whether there is a next page.
-        let limit = if limits.allowed_categories.is_empty() {
-            (page.offset + page.size + 1).min(MAX_POOL)
-        } else {
-            MAX_POOL
-        };
+        // The stages below apply the tenant's constraints, so the list only
+        // needs to reach one item past the page (which tells whether there
+        // is a next page).
+        let limit = (page.offset + page.size + 1).min(MAX_POOL);
         let context = self.with_history(&request.user_id, request.context);
         let seen = context.recent_items.clone();
         let split = self
@@ -185,6 +188,11 @@ impl proxy_api::Business for BusinessStage {
                     context: Some(context),
                     layers: limits.layers.clone(),
                     explain: request.explain,
+                    constraints: Some(pb::Constraints {
+                        allowed_categories: limits.allowed_categories.clone(),
+                        blocked_creators: limits.blocked_creators.clone(),
+                    }),
+                    page_size: page.size,
                 },
             )
             .await;
@@ -228,12 +236,42 @@ impl proxy_api::StageFactory for Factory {
         config: &Config,
         deps: &proxy_api::Deps<'_>,
     ) -> Result<Arc<dyn proxy_api::Business>, proxy_api::BuildError> {
+        let world = deps.resource::<World>()?;
+        check_names(config, &world)?;
         Ok(Arc::new(BusinessStage::new(
-            deps.resource::<World>()?,
+            world,
             config.clone(),
             deps.downstream::<proxy_api::SplitService>()?,
         )))
     }
+}
+
+/// Every category and creator a tenant names exists in the catalogue (a
+/// misspelt name would otherwise empty the tenant's feed).
+fn check_names(config: &Config, world: &World) -> Result<(), proxy_api::BuildError> {
+    let categories: std::collections::HashSet<String> = (0..world.config().categories)
+        .map(|c| world.category_name(c))
+        .collect();
+    let creators: std::collections::HashSet<String> = (0..world.config().creators)
+        .map(|c| world.creator_name(c))
+        .collect();
+    for (name, tenant) in &config.tenants {
+        for (key, names, known) in [
+            (
+                "allowed_categories",
+                &tenant.allowed_categories,
+                &categories,
+            ),
+            ("blocked_creators", &tenant.blocked_creators, &creators),
+        ] {
+            if let Some(bad) = names.iter().find(|n| !known.contains(*n)) {
+                return Err(proxy_api::BuildError::new(format!(
+                    "business.tenants.{name}.{key}: {bad:?} is not in the catalogue"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -304,6 +342,7 @@ mod tests {
                     item_id: id,
                     score: 0.5,
                     channel: "t".into(),
+                    reserve: false,
                 })
                 .collect()
         };

@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
             item_id: *id,
             score: *s,
             channel: ["ann", "i2i", "popular"][k % 3].into(),
+            reserve: false,
         })
         .collect();
     let query = Query {

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Candidates kept after scoring.
     pub keep: u32,
+    /// Besides the best `keep`, the best candidates of each category up to
+    /// this many per category are kept as a reserve (marked `reserve`), so
+    /// rerank can satisfy its per-page caps when the best-scored candidates
+    /// crowd into a few categories. 0 keeps no reserve.
+    pub reserve_per_category: u32,
     /// Model version used when no experiment picks one (`v1` or `v2`).
     pub model: String,
     /// Directory with `v1.json` and `v2.json` (written by `feeds train`);
@@ -19,6 +24,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             keep: 200,
+            reserve_per_category: 10,
             model: "v1".into(),
             model_dir: None,
         }
@@ -32,6 +38,12 @@ impl Config {
             return Err(proxy_api::ConfigError::new(
                 "finerank.keep",
                 format!("{} is out of range 1..=5000", self.keep),
+            ));
+        }
+        if self.reserve_per_category > 1_000 {
+            return Err(proxy_api::ConfigError::new(
+                "finerank.reserve_per_category",
+                format!("{} is out of range 0..=1000", self.reserve_per_category),
             ));
         }
         let known: Vec<String> = crate::TrainParams::versions()

@@ -41,6 +41,7 @@ impl From<Scored> for pb::ScoredItem {
             item_id: s.item,
             score: s.score,
             channel: s.channel,
+            reserve: s.reserve,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Scored {
     pub score: f32,
     /// Recall channel, carried through.
     pub channel: String,
+    /// Kept only so rerank can satisfy its caps (see [`FineRankStage::rank`]).
+    pub reserve: bool,
 }
 
 /// The model versions experiments can choose from.
@@ -134,7 +136,8 @@ impl FineRankStage {
         Ok((model, keep))
     }
 
-    /// Scores `candidates` and keeps the best, best first (ties by item id).
+    /// Scores `candidates` and keeps the best `keep`, best first (ties by
+    /// item id), followed by the per-category reserve (best first).
     pub fn rank(
         &self,
         query: &Query,
@@ -154,11 +157,39 @@ impl FineRankStage {
                 item: c.item_id,
                 score,
                 channel: c.channel,
+                reserve: false,
             })
             .collect();
         scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
-        scored.truncate(keep);
-        Ok(scored)
+        Ok(self.with_reserve(scored, keep))
+    }
+
+    /// The best `keep` of `scored` (best first), then the reserve: for every
+    /// category, its best candidates beyond those until it has
+    /// `reserve_per_category` in all, marked `reserve`.
+    fn with_reserve(&self, mut scored: Vec<Scored>, keep: usize) -> Vec<Scored> {
+        if scored.len() <= keep {
+            return scored;
+        }
+        let rest = scored.split_off(keep);
+        let per = self.config.reserve_per_category as usize;
+        if per == 0 {
+            return scored;
+        }
+        let category = |s: &Scored| self.world.item(s.item).map_or(u32::MAX, |i| i.category);
+        let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+        for s in &scored {
+            *count.entry(category(s)).or_default() += 1;
+        }
+        for mut s in rest {
+            let n = count.entry(category(&s)).or_default();
+            if *n < per {
+                *n += 1;
+                s.reserve = true;
+                scored.push(s);
+            }
+        }
+        scored
     }
 }
 
@@ -175,6 +206,7 @@ impl proxy_api::FineRank for FineRankStage {
                     context: request.context,
                     assignment: request.assignment,
                     explain: request.explain,
+                    constraints: request.constraints,
                 },
             )
             .await?;

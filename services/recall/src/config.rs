@@ -13,8 +13,19 @@ pub struct Config {
     pub quota_i2i: u32,
     /// Popular items (`popular` channel); also fills what the others leave.
     pub quota_popular: u32,
-    /// Recent items the i2i channel searches from.
+    /// Recent items the i2i channel takes neighbours of.
     pub history_window: u32,
+    /// Neighbours per item in the item-to-item table (built with the index,
+    /// or loaded with it from `world.dir`).
+    pub i2i_neighbours: u32,
+    /// How the user channel searches: `flat` (exact over quantised codes,
+    /// one block per category) or `hnsw` (the HNSW graphs below; for
+    /// catalogues too large to scan per request).
+    pub ann: AnnKind,
+    /// Nearest items every allowed category contributes to the ANN channel
+    /// (`flat` only), so the candidates span the allowed catalogue; the
+    /// rest of the quota is the nearest overall.
+    pub category_floor: u32,
     /// HNSW links per node.
     pub hnsw_m: u32,
     /// HNSW candidate list while building.
@@ -27,6 +38,17 @@ pub struct Config {
     pub index_shards: u32,
 }
 
+/// The user channel's search structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnKind {
+    /// Exact search over quantised codes, one block per category.
+    Flat,
+    /// HNSW graphs; constraints and category quotas are applied to an
+    /// oversampled result.
+    Hnsw,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -34,6 +56,9 @@ impl Default for Config {
             quota_i2i: 300,
             quota_popular: 200,
             history_window: 5,
+            i2i_neighbours: 64,
+            ann: AnnKind::Flat,
+            category_floor: 2,
             hnsw_m: 10,
             hnsw_ef_construction: 40,
             hnsw_ef_search: 128,
@@ -55,6 +80,8 @@ impl Config {
         }
         let ranges = [
             ("recall.history_window", self.history_window, 1, 100),
+            ("recall.i2i_neighbours", self.i2i_neighbours, 1, 1_000),
+            ("recall.category_floor", self.category_floor, 0, 1_000),
             ("recall.hnsw_m", self.hnsw_m, 2, 128),
             (
                 "recall.hnsw_ef_construction",

@@ -11,12 +11,22 @@ pub enum Error {
         /// Its value.
         value: String,
     },
+    /// A constraint names a category or creator the catalogue does not have.
+    #[error("{field}: {name:?} is not in the catalogue")]
+    UnknownName {
+        /// The request field.
+        field: &'static str,
+        /// The name.
+        name: String,
+    },
 }
 
 impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } => proxy_api::Status::invalid_argument(err.to_string()),
+            Error::BadParam { .. } | Error::UnknownName { .. } => {
+                proxy_api::Status::invalid_argument(err.to_string())
+            }
         }
     }
 }

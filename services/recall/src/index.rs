@@ -60,14 +60,31 @@ struct Manifest {
     files: Vec<FileSum>,
 }
 
+/// A file's name, length and XXH3-64 checksum, as a manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct FileSum {
-    name: String,
-    len: u64,
-    xxh3: String,
+pub(crate) struct FileSum {
+    pub(crate) name: String,
+    pub(crate) len: u64,
+    pub(crate) xxh3: String,
 }
 
-fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
+/// The [`FileSum`] of bytes already read from `path`.
+pub(crate) fn checksum_bytes(path: &Path, bytes: &[u8]) -> FileSum {
+    FileSum {
+        name: file_name(path),
+        len: bytes.len() as u64,
+        xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The [`FileSum`] of the file at `path`, read in 1 MiB pieces.
+pub(crate) fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -82,10 +99,7 @@ fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
         len += n as u64;
     }
     Ok(FileSum {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: file_name(path),
         len,
         xxh3: format!("{:016x}", hasher.digest()),
     })
@@ -105,7 +119,7 @@ pub struct IndexFileError {
     pub message: String,
 }
 
-fn file_err(path: &Path, message: impl std::fmt::Display) -> IndexFileError {
+pub(crate) fn file_err(path: &Path, message: impl std::fmt::Display) -> IndexFileError {
     IndexFileError {
         path: path.to_owned(),
         message: message.to_string(),
@@ -149,11 +163,13 @@ impl AnnIndex {
         let shards = params.shards.max(1);
         let dims = world.dims();
         let embeddings = world.item_embeddings();
+        let progress = world::progress::Progress::new("recall: HNSW items", world.len() as u64);
         let build_one = |shard: usize| {
             let ids: Vec<usize> = (shard..world.len()).step_by(shards).collect();
             let hnsw = Hnsw::new(params.m, ids.len(), LAYERS, params.ef_construction, UnitDot);
             for id in ids {
                 hnsw.insert((&embeddings[id * dims..(id + 1) * dims], id));
+                progress.add(1);
             }
             hnsw
         };
@@ -164,6 +180,7 @@ impl AnnIndex {
             .enumerate()
             .map(|(shard, out)| out.unwrap_or_else(|_| build_one(shard)))
             .collect();
+        progress.finish();
         Self {
             shards: built,
             ef_search: params.ef_search,

@@ -16,6 +16,16 @@ impl Query {
                 .as_ref()
                 .map(|a| a.params.clone())
                 .unwrap_or_default(),
+            allowed_categories: request
+                .constraints
+                .as_ref()
+                .map(|c| c.allowed_categories.clone())
+                .unwrap_or_default(),
+            blocked_creators: request
+                .constraints
+                .as_ref()
+                .map(|c| c.blocked_creators.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -26,6 +36,7 @@ impl From<Candidate> for pb::ScoredItem {
             item_id: c.item,
             score: c.score,
             channel: c.channel.name().to_owned(),
+            reserve: false,
         }
     }
 }

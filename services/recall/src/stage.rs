@@ -1,12 +1,15 @@
 //! The recall logic and its `Recall` implementation.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proxy_api::{Cx, Status, pb};
 use world::World;
 
+use crate::config::AnnKind;
+use crate::flat::{Categories, FlatIndex};
+use crate::i2i::I2iTable;
 use crate::{AnnIndex, Config, Error, IndexParams};
 
 /// A recall channel.
@@ -43,6 +46,10 @@ pub struct Query {
     pub recent: Vec<u64>,
     /// Effective experiment parameters.
     pub params: BTreeMap<String, String>,
+    /// Category names the tenant allows (empty: all).
+    pub allowed_categories: Vec<String>,
+    /// Creator names the tenant never shows.
+    pub blocked_creators: Vec<String>,
 }
 
 /// One recalled item.
@@ -65,63 +72,122 @@ fn index_params(config: &Config) -> IndexParams {
     }
 }
 
+/// A request's constraints, resolved against the catalogue.
+struct Allowed<'q> {
+    categories: Categories,
+    blocked: HashSet<u32>,
+    /// Seen items: the history, then everything already recalled.
+    taken: HashSet<u64>,
+    world: &'q World,
+}
+
+impl Allowed<'_> {
+    /// Whether `id` may still be recalled.
+    fn admits(&self, id: u64) -> bool {
+        !self.taken.contains(&id)
+            && self.world.item(id).is_some_and(|item| {
+                self.categories.contains(item.category) && !self.blocked.contains(&item.creator)
+            })
+    }
+}
+
 /// The recall stage.
 pub struct RecallStage {
     /// The shared catalogue.
     world: Arc<World>,
     /// Default quotas.
     config: Config,
-    /// HNSW over item embeddings.
-    index: AnnIndex,
+    /// Quantised embeddings by category (the `flat` user channel, and what
+    /// the i2i table is built from).
+    flat: FlatIndex,
+    /// HNSW graphs, when `ann = "hnsw"`.
+    hnsw: Option<AnnIndex>,
+    /// Each item's nearest items.
+    i2i: I2iTable,
+    /// Category and creator ids by name, for constraints.
+    categories: HashMap<String, u32>,
+    creators: HashMap<String, u32>,
     /// History ids that are not in the catalogue, ignored and counted.
     unknown_history: AtomicU64,
 }
 
 impl RecallStage {
-    /// A recall stage over `world`; builds the ANN index (seconds for the
-    /// default world).
+    /// A recall stage over `world`; builds its index and i2i table (about a
+    /// second for the default world).
     pub fn new(world: Arc<World>, config: Config) -> Self {
-        let index = AnnIndex::build(&world, index_params(&config));
-        Self::with_index(world, config, index)
+        let flat = FlatIndex::build(&world);
+        let i2i = I2iTable::build(&world, &flat, config.i2i_neighbours as usize);
+        let hnsw =
+            (config.ann == AnnKind::Hnsw).then(|| AnnIndex::build(&world, index_params(&config)));
+        Self::with_parts(world, config, flat, hnsw, i2i)
     }
 
-    /// A recall stage over `world` whose index is loaded from `dir` when it
-    /// holds one (see [`RecallStage::save_index`]) and built otherwise. A
-    /// saved index that is unreadable or made for another world or other
-    /// parameters is an error naming the file.
+    /// A recall stage over `world` whose i2i table (and HNSW graphs, with
+    /// `ann = "hnsw"`) are loaded from `dir` when it holds them (see
+    /// [`RecallStage::save_index`]) and built otherwise. A saved file that
+    /// is unreadable or made for another world or other parameters is an
+    /// error naming the file.
     pub fn with_index_dir(
         world: Arc<World>,
         config: Config,
         dir: &std::path::Path,
     ) -> Result<Self, crate::IndexFileError> {
-        let params = index_params(&config);
         let started = std::time::Instant::now();
-        let index = match AnnIndex::load(dir, &world, params)? {
-            Some(index) => {
-                tracing::info!(
-                    dir = %dir.display(),
-                    shards = params.shards,
-                    seconds = started.elapsed().as_secs_f32(),
-                    "recall index loaded"
-                );
-                index
-            }
-            None => AnnIndex::build(&world, params),
+        let flat = FlatIndex::build(&world);
+        let neighbours = config.i2i_neighbours as usize;
+        let i2i = match I2iTable::load(dir, &world, neighbours)? {
+            Some(table) => table,
+            None => I2iTable::build(&world, &flat, neighbours),
         };
-        Ok(Self::with_index(world, config, index))
+        let hnsw = match config.ann {
+            AnnKind::Flat => None,
+            AnnKind::Hnsw => {
+                let params = index_params(&config);
+                Some(match AnnIndex::load(dir, &world, params)? {
+                    Some(index) => index,
+                    None => AnnIndex::build(&world, params),
+                })
+            }
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            seconds = started.elapsed().as_secs_f32(),
+            "recall index ready"
+        );
+        Ok(Self::with_parts(world, config, flat, hnsw, i2i))
     }
 
-    /// Writes this stage's index into `dir`, for [`RecallStage::with_index_dir`].
+    /// Writes this stage's i2i table (and HNSW graphs, if it has them) into
+    /// `dir`, for [`RecallStage::with_index_dir`].
     pub fn save_index(&self, dir: &std::path::Path) -> Result<(), crate::IndexFileError> {
-        self.index
-            .save(dir, &self.world, index_params(&self.config))
+        self.i2i.save(dir, &self.world)?;
+        match &self.hnsw {
+            Some(index) => index.save(dir, &self.world, index_params(&self.config)),
+            None => Ok(()),
+        }
     }
 
-    fn with_index(world: Arc<World>, config: Config, index: AnnIndex) -> Self {
+    fn with_parts(
+        world: Arc<World>,
+        config: Config,
+        flat: FlatIndex,
+        hnsw: Option<AnnIndex>,
+        i2i: I2iTable,
+    ) -> Self {
+        let categories = (0..world.config().categories)
+            .map(|c| (world.category_name(c), c))
+            .collect();
+        let creators = (0..world.config().creators)
+            .map(|c| (world.creator_name(c), c))
+            .collect();
         Self {
             world,
             config,
-            index,
+            flat,
+            hnsw,
+            i2i,
+            categories,
+            creators,
             unknown_history: AtomicU64::new(0),
         }
     }
@@ -150,6 +216,47 @@ impl RecallStage {
         }
     }
 
+    /// The query's constraints as category and creator ids; an unknown name
+    /// is an error naming the field.
+    fn allowed(&self, query: &Query) -> Result<Allowed<'_>, Error> {
+        let lookup = |names: &[String], map: &HashMap<String, u32>, field: &'static str| {
+            names
+                .iter()
+                .map(|n| {
+                    map.get(n).copied().ok_or_else(|| Error::UnknownName {
+                        field,
+                        name: n.clone(),
+                    })
+                })
+                .collect::<Result<Vec<u32>, Error>>()
+        };
+        let categories = if query.allowed_categories.is_empty() {
+            Categories::all()
+        } else {
+            Categories::only(
+                self.flat.categories(),
+                lookup(
+                    &query.allowed_categories,
+                    &self.categories,
+                    "constraints.allowed_categories",
+                )?,
+            )
+        };
+        let blocked = lookup(
+            &query.blocked_creators,
+            &self.creators,
+            "constraints.blocked_creators",
+        )?
+        .into_iter()
+        .collect();
+        Ok(Allowed {
+            categories,
+            blocked,
+            taken: HashSet::new(),
+            world: &self.world,
+        })
+    }
+
     /// The user's query vector: their embedding if known, else the mean of
     /// their recent items' embeddings, else none (cold start).
     fn user_vector(&self, user: u64, history: &[u64]) -> Option<Vec<f32>> {
@@ -171,10 +278,12 @@ impl RecallStage {
         })
     }
 
-    /// Recalls candidates for `query`, channels merged in quota order; the
-    /// popular channel makes up any shortfall of the others (cold users).
+    /// Recalls candidates for `query` from the items its constraints allow,
+    /// channels merged in quota order; the popular channel makes up any
+    /// shortfall of the others (cold users, narrow tenants).
     pub fn recall(&self, query: &Query) -> Result<Vec<Candidate>, Error> {
         let quotas = Channel::ALL.map(|c| self.quota(query, c).map(|q| (c, q)));
+        let mut allowed = self.allowed(query)?;
         let mut history = Vec::new();
         for id in &query.recent {
             if self.world.item(*id).is_some() {
@@ -183,61 +292,99 @@ impl RecallStage {
                 self.unknown_history.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let mut taken: HashSet<u64> = history.iter().copied().collect();
+        allowed.taken.extend(history.iter().copied());
         let mut wanted = 0;
         let mut out = Vec::new();
         for quota in quotas {
             let (channel, quota) = quota?;
             wanted += quota;
             let room = wanted - out.len();
+            if room == 0 {
+                continue;
+            }
             let found: Vec<(u64, f32)> = match channel {
-                // Ask for extra: seen items are filtered after the search.
                 Channel::Ann => match self.user_vector(query.user, &history) {
-                    Some(v) => self.index.nearest(&v, room + history.len()),
+                    Some(v) => self.nearest(&v, room, &allowed),
                     None => Vec::new(),
                 },
-                Channel::I2i => self.item_to_item(&history, room),
+                Channel::I2i => self.item_to_item(&history, room, &allowed),
                 Channel::Popular => self
                     .world
                     .by_popularity()
                     .iter()
-                    .filter(|id| !taken.contains(id))
+                    .filter(|id| allowed.admits(**id))
                     .take(room)
                     .filter_map(|id| self.world.item(*id).map(|i| (*id, i.popularity)))
                     .collect(),
             };
-            out.extend(
-                found
-                    .into_iter()
-                    .filter(|(id, _)| taken.insert(*id))
-                    .take(room)
-                    .map(|(item, score)| Candidate {
+            let before = out.len();
+            for (item, score) in found {
+                if out.len() - before >= room {
+                    break;
+                }
+                if allowed.taken.insert(item) {
+                    out.push(Candidate {
                         item,
                         score,
                         channel,
-                    }),
-            );
+                    });
+                }
+            }
         }
         Ok(out)
     }
 
-    /// Nearest items of each of the most recent items, interleaved so each
-    /// recent item contributes.
-    fn item_to_item(&self, history: &[u64], room: usize) -> Vec<(u64, f32)> {
+    /// The ANN channel: up to `room` allowed items nearest `v`, with every
+    /// allowed category's nearest `category_floor` among them (`flat`).
+    fn nearest(&self, v: &[f32], room: usize, allowed: &Allowed<'_>) -> Vec<(u64, f32)> {
+        match &self.hnsw {
+            None => self.flat.search(
+                &self.world,
+                v,
+                room,
+                self.config.category_floor as usize,
+                &allowed.categories,
+                |id| !allowed.admits(id),
+            ),
+            // HNSW cannot filter while searching: ask for four times what
+            // is needed, then filter.
+            Some(hnsw) => hnsw
+                .nearest(v, (room + allowed.taken.len()) * 4)
+                .into_iter()
+                .filter(|(id, _)| allowed.admits(*id))
+                .take(room)
+                .collect(),
+        }
+    }
+
+    /// Neighbours of each of the most recent items from the i2i table,
+    /// interleaved so each recent item contributes.
+    fn item_to_item(&self, history: &[u64], room: usize, allowed: &Allowed<'_>) -> Vec<(u64, f32)> {
         let window = history.len().min(self.config.history_window as usize);
         if window == 0 || room == 0 {
             return Vec::new();
         }
-        let per_item = room.div_ceil(window) + window;
-        let lists: Vec<Vec<(u64, f32)>> = history[..window]
+        let mut lists: Vec<_> = history[..window]
             .iter()
-            .filter_map(|id| self.world.item_embedding(*id))
-            .map(|e| self.index.nearest(e, per_item))
+            .map(|id| self.i2i.of(*id))
             .collect();
-        let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
-        (0..longest)
-            .flat_map(|k| lists.iter().filter_map(move |l| l.get(k).copied()))
-            .collect()
+        let mut out = Vec::with_capacity(room);
+        let mut seen = HashSet::new();
+        while out.len() < room {
+            let mut any = false;
+            for list in &mut lists {
+                if let Some((id, score)) = list.next() {
+                    any = true;
+                    if allowed.admits(id) && seen.insert(id) {
+                        out.push((id, score));
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        out
     }
 }
 
@@ -359,6 +506,53 @@ mod tests {
         let mean_ann = ann.iter().sum::<f32>() / ann.len() as f32;
         let mean_all = truth.iter().sum::<f32>() / truth.len() as f32;
         assert!(mean_ann > mean_all + 0.5, "{mean_ann} vs {mean_all}");
+    }
+
+    #[test]
+    fn constraints_apply_while_recalling() {
+        let s = stage();
+        let allowed: Vec<String> = [1, 3].iter().map(|c| s.world.category_name(*c)).collect();
+        let blocked = s.world.creator_name(7);
+        let got = s
+            .recall(&Query {
+                user: 3,
+                recent: s.world.history(3).to_vec(),
+                allowed_categories: allowed.clone(),
+                blocked_creators: vec![blocked],
+                ..Query::default()
+            })
+            .expect("recall");
+        // Two of 24 categories of 3,000 items hold fewer than the 1,000
+        // wanted: every allowed unseen item comes back.
+        let seen = s.world.history(3);
+        let expected = s
+            .world
+            .items()
+            .iter()
+            .filter(|i| [1, 3].contains(&i.category) && i.creator != 7 && !seen.contains(&i.id))
+            .count();
+        assert_eq!(got.len(), expected);
+        for c in &got {
+            let item = s.world.item(c.item).expect("item");
+            assert!([1, 3].contains(&item.category), "{c:?}");
+            assert_ne!(item.creator, 7, "{c:?}");
+        }
+        // Both allowed categories reach the nearest-item channel.
+        for category in [1, 3] {
+            assert!(got.iter().any(|c| c.channel == Channel::Ann
+                && s.world.item(c.item).is_some_and(|i| i.category == category)));
+        }
+        let err = s
+            .recall(&Query {
+                user: 3,
+                allowed_categories: vec!["no-such-category".into()],
+                ..Query::default()
+            })
+            .expect_err("unknown category");
+        assert!(
+            err.to_string().contains("constraints.allowed_categories"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -32,13 +32,14 @@ fn bench(c: &mut Criterion) {
             item: *id,
             score: *s,
             channel: "ann".into(),
+            reserve: false,
         })
         .collect();
     let rules = PageRules::default();
     c.bench_function("rerank/mmr_200_to_20", |b| {
         b.iter_batched(
             || pool.clone(),
-            |p| black_box(stage.compose(0.7, &rules, 20, p)),
+            |p| black_box(stage.compose(0.7, &rules, 20, 10, p)),
             BatchSize::SmallInput,
         )
     });

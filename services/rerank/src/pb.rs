@@ -10,6 +10,7 @@ impl From<Pick> for pb::ScoredItem {
             item_id: p.item,
             score: p.score,
             channel: p.channel,
+            reserve: false,
         }
     }
 }
@@ -20,6 +21,7 @@ impl From<pb::ScoredItem> for Pick {
             item: s.item_id,
             score: s.score,
             channel: s.channel,
+            reserve: s.reserve,
         }
     }
 }

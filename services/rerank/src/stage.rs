@@ -17,6 +17,9 @@ pub struct Pick {
     pub score: f32,
     /// Recall channel, carried through.
     pub channel: String,
+    /// Fine-rank's reserve: placed only when no other candidate satisfies
+    /// the caps.
+    pub reserve: bool,
 }
 
 /// The rerank stage.
@@ -54,21 +57,33 @@ impl RerankStage {
     }
 
     /// Greedy MMR: repeatedly places the candidate maximising
-    /// `lambda * relevance - (1 - lambda) * max similarity to the page`, where
-    /// relevance is the fine-rank score scaled to `[0, 1]` plus the tenant's
-    /// freshness boost and similarity is the dot product of item embeddings;
-    /// candidates over a category or creator cap are skipped while any other
-    /// candidate remains, so a narrow pool still fills the page.
+    /// `lambda * relevance - (1 - lambda) * max similarity to the list`,
+    /// where relevance is the fine-rank score scaled to `[0, 1]` plus the
+    /// tenant's freshness boost and similarity is the dot product of item
+    /// embeddings.
+    ///
+    /// The category and creator caps hold within every page: each window of
+    /// `page_size` places (the whole list when it is 0). Fine-rank's reserve
+    /// candidates are placed only when no other candidate satisfies the
+    /// caps. The caps are relaxed only when no candidate left in the pool
+    /// satisfies them, and then only for the rest of that page; the answer
+    /// says how many pages that was.
     pub fn compose(
         &self,
         lambda: f32,
         rules: &PageRules,
         limit: usize,
+        page_size: usize,
         pool: Vec<Pick>,
-    ) -> Vec<Pick> {
-        let (lo, hi) = pool.iter().fold((f32::MAX, f32::MIN), |(lo, hi), p| {
-            (lo.min(p.score), hi.max(p.score))
-        });
+    ) -> Composed {
+        // Relevance is scaled over the main pool: the reserve, kept only for
+        // the caps, must not stretch the scale the main candidates compete on.
+        let (lo, hi) = pool
+            .iter()
+            .filter(|p| !p.reserve)
+            .fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+                (lo.min(p.score), hi.max(p.score))
+            });
         let span = if hi > lo { hi - lo } else { 1.0 };
         struct Slot<'w> {
             pick: Option<Pick>,
@@ -82,8 +97,8 @@ impl RerankStage {
             .into_iter()
             .filter_map(|p| {
                 let item = self.world.item(p.item)?;
-                let relevance =
-                    (p.score - lo) / span + rules.freshness_boost * (-item.age_days / 7.0).exp();
+                let relevance = ((p.score - lo) / span).max(0.0)
+                    + rules.freshness_boost * (-item.age_days / 7.0).exp();
                 Some(Slot {
                     relevance,
                     embedding: self.world.item_embedding(p.item),
@@ -94,33 +109,62 @@ impl RerankStage {
                 })
             })
             .collect();
+        let window = if page_size == 0 {
+            limit.max(1)
+        } else {
+            page_size
+        };
         let mut per_category: BTreeMap<u32, u32> = BTreeMap::new();
         let mut per_creator: BTreeMap<u32, u32> = BTreeMap::new();
         let mut page = Vec::with_capacity(limit);
-        // First with the caps; if they leave the page short (a narrow pool),
-        // fill the rest without them rather than serve a short page.
+        let mut relaxed_pages = 0;
+        let mut relaxed_at = 0;
         let mut capped = true;
         while page.len() < limit {
-            let mut best: Option<(usize, f32)> = None;
+            if page.len() % window == 0 {
+                per_category.clear();
+                per_creator.clear();
+                capped = true;
+            }
+            // The best candidate within the caps, from the main pool if one
+            // qualifies, else from the reserve.
+            let mut best: Option<(usize, f32, bool)> = None;
             for (i, s) in slots.iter().enumerate() {
-                if s.pick.is_none()
-                    || capped
-                        && (per_category.get(&s.category).copied().unwrap_or(0)
-                            >= rules.max_per_category
-                            || per_creator.get(&s.creator).copied().unwrap_or(0)
-                                >= rules.max_per_creator)
+                let Some(pick) = &s.pick else {
+                    continue;
+                };
+                if capped
+                    && (per_category.get(&s.category).copied().unwrap_or(0)
+                        >= rules.max_per_category
+                        || per_creator.get(&s.creator).copied().unwrap_or(0)
+                            >= rules.max_per_creator)
                 {
                     continue;
                 }
                 let value = lambda * s.relevance - (1.0 - lambda) * s.max_sim;
-                if best.is_none_or(|(_, v)| value > v) {
-                    best = Some((i, value));
+                let better = match best {
+                    None => true,
+                    Some((_, v, reserve)) => {
+                        (reserve && !pick.reserve) || (reserve == pick.reserve && value > v)
+                    }
+                };
+                if better {
+                    best = Some((i, value, pick.reserve));
                 }
             }
-            let Some((i, _)) = best else {
+            let Some((i, _, _)) = best else {
                 if capped {
+                    // Nothing left satisfies the caps: fill this page
+                    // without them rather than serve it short.
                     capped = false;
+                    relaxed_pages += 1;
+                    relaxed_at = page.len();
                     continue;
+                }
+                // The pool ran out; a relaxation that placed nothing
+                // changed nothing.
+                if page.len() == relaxed_at {
+                    relaxed_pages -= 1;
                 }
                 break;
             };
@@ -138,8 +182,20 @@ impl RerankStage {
             }
             page.push(pick);
         }
-        page
+        Composed {
+            picks: page,
+            relaxed_pages,
+        }
     }
+}
+
+/// What [`RerankStage::compose`] made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Composed {
+    /// The list, best first.
+    pub picks: Vec<Pick>,
+    /// Pages on which the caps had to be relaxed to fill them.
+    pub relaxed_pages: usize,
 }
 
 #[proxy_api::async_trait]
@@ -165,15 +221,34 @@ impl proxy_api::Rerank for RerankStage {
                     context: request.context,
                     assignment: request.assignment,
                     explain: request.explain,
+                    constraints: request.constraints,
                 },
             )
             .await?;
         let pool = ranked.items.into_iter().map(Pick::from).collect();
-        let items = self
-            .compose(lambda, rules, request.limit as usize, pool)
-            .into_iter()
-            .map(Into::into)
-            .collect();
+        let composed = self.compose(
+            lambda,
+            rules,
+            request.limit as usize,
+            request.page_size as usize,
+            pool,
+        );
+        if composed.relaxed_pages > 0 {
+            let tenant = match cx.tenant() {
+                Some(t) if self.config.tenants.contains_key(t) => t,
+                Some(_) => "other",
+                None => "default",
+            };
+            proxy_api::observe::count_caps_relaxed("rerank", tenant);
+            cx.note(|| {
+                format!(
+                    "caps relaxed on {} page(s): the allowed candidates could not fill them \
+                     (max_per_category {}, max_per_creator {})",
+                    composed.relaxed_pages, rules.max_per_category, rules.max_per_creator
+                )
+            });
+        }
+        let items = composed.picks.into_iter().map(Into::into).collect();
         Ok(pb::RerankResponse {
             items,
             timings: Vec::new(),
@@ -229,6 +304,7 @@ mod tests {
                 item: i,
                 score: 1.0 - i as f32 / n as f32,
                 channel: "t".into(),
+                reserve: false,
             })
             .collect()
     }
@@ -249,7 +325,7 @@ mod tests {
             max_per_creator: 1,
             freshness_boost: 0.0,
         };
-        let page = s.compose(1.0, &rules, 8, pool(200));
+        let page = s.compose(1.0, &rules, 8, 0, pool(200)).picks;
         assert_eq!(page.len(), 8);
         let mut cats = BTreeMap::new();
         for p in &page {
@@ -258,6 +334,30 @@ mod tests {
                 .or_insert(0) += 1;
         }
         assert!(cats.values().all(|n| *n <= 2));
+    }
+
+    #[test]
+    fn caps_hold_within_every_page_of_a_long_list() {
+        let s = stage();
+        let rules = PageRules {
+            max_per_category: 2,
+            max_per_creator: 1,
+            freshness_boost: 0.0,
+        };
+        // Five categories, caps of two: a page of 10 is full under the caps,
+        // so none is relaxed over 10 pages.
+        let composed = s.compose(1.0, &rules, 100, 10, pool(400));
+        assert_eq!(composed.picks.len(), 100);
+        assert_eq!(composed.relaxed_pages, 0);
+        for page in composed.picks.chunks(10) {
+            let mut cats = BTreeMap::new();
+            for p in page {
+                *cats
+                    .entry(s.world.item(p.item).map(|i| i.category))
+                    .or_insert(0) += 1;
+            }
+            assert!(cats.values().all(|n| *n <= 2), "{cats:?}");
+        }
     }
 
     #[test]
@@ -272,6 +372,7 @@ mod tests {
                 item: *id,
                 score: 0.5,
                 channel: "t".into(),
+                reserve: false,
             })
             .collect();
         let rules = PageRules {
@@ -279,13 +380,15 @@ mod tests {
             max_per_creator: 1,
             freshness_boost: 0.0,
         };
-        assert_eq!(s.compose(0.7, &rules, 10, one_category).len(), 10);
+        let composed = s.compose(0.7, &rules, 10, 10, one_category);
+        assert_eq!(composed.picks.len(), 10);
+        assert_eq!(composed.relaxed_pages, 1);
     }
 
     #[test]
     fn pure_relevance_keeps_score_order() {
         let s = stage();
-        let page = s.compose(1.0, &loose(), 10, pool(200));
+        let page = s.compose(1.0, &loose(), 10, 0, pool(200)).picks;
         assert_eq!(
             page.iter().map(|p| p.item).collect::<Vec<_>>(),
             (0..10).collect::<Vec<_>>()
@@ -296,7 +399,7 @@ mod tests {
     fn lower_lambda_diversifies() {
         let s = stage();
         let spread = |lambda| {
-            let page = s.compose(lambda, &loose(), 10, pool(200));
+            let page = s.compose(lambda, &loose(), 10, 0, pool(200)).picks;
             let e: Vec<&[f32]> = page
                 .iter()
                 .filter_map(|p| s.world.item_embedding(p.item))

@@ -104,6 +104,8 @@ impl proxy_api::Split for SplitStage {
                     context: request.context,
                     assignment: Some(assignment.clone()),
                     explain: request.explain,
+                    constraints: request.constraints,
+                    page_size: request.page_size,
                 },
             )
             .await
