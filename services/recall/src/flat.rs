@@ -91,6 +91,18 @@ pub fn dot_codes(a: &[i16], b: &[i16]) -> i32 {
     lanes.iter().sum::<i32>() + tail
 }
 
+/// Appends the score of every `dims`-long row of `rows` against `query`.
+/// (Written as indexed stores into room made beforehand: collecting the
+/// scores through `extend` keeps the compiler from vectorising the dot
+/// products, and costs six times as much.)
+pub(crate) fn score_rows(rows: &[i16], query: &[i16], dims: usize, scores: &mut Vec<i32>) {
+    let start = scores.len();
+    scores.resize(start + rows.len() / dims.max(1), 0);
+    for (slot, row) in scores[start..].iter_mut().zip(rows.chunks_exact(dims)) {
+        *slot = dot_codes(row, query);
+    }
+}
+
 /// The codes of a vector (unit length, or less).
 pub fn quantise(v: &[f32]) -> Vec<i16> {
     v.iter()
@@ -194,47 +206,62 @@ impl FlatIndex {
             return Vec::new();
         }
         let codes = quantise(query);
+        // One integer score per allowed item, block after block.
         let mut scores: Vec<i32> = Vec::new();
-        let mut reserved: Vec<(u64, f32)> = Vec::new();
-        let mut rest: Vec<(u64, f32)> = Vec::new();
+        let mut spans: Vec<(usize, &Block)> = Vec::new();
         for (c, block) in self.blocks.iter().enumerate() {
             if !allowed.contains(c as u32) || block.ids.is_empty() {
                 continue;
             }
-            scores.clear();
-            scores.extend(
-                block
-                    .codes
-                    .chunks_exact(self.dims)
-                    .map(|row| dot_codes(row, &codes)),
-            );
-            // A margin over what is needed absorbs skipped items and the
-            // rounding of the codes; when skips eat it, ask for twice as many.
-            let need = k.max(floor);
-            let mut want = need + need / 4 + 16;
+            spans.push((scores.len(), block));
+            score_rows(&block.codes, &codes, self.dims, &mut scores);
+        }
+        let rescore = |ids: &mut dyn Iterator<Item = u64>| -> Vec<(u64, f32)> {
+            ids.filter(|id| !skip(*id))
+                .filter_map(|id| world.item_embedding(id).map(|e| (id, world::dot(query, e))))
+                .collect()
+        };
+        // The `need` best of `scores[range]`, rescored: a margin over `need`
+        // absorbs skipped items and the rounding of the codes; when skips
+        // eat it, ask again for twice as many.
+        let best = |start: usize, block: Option<&Block>, need: usize| -> Vec<(u64, f32)> {
+            let len = block.map_or(scores.len(), |b| b.ids.len());
+            let slice = &scores[start..start + len];
+            let id_at = |pos: usize| -> u64 {
+                let at = start + pos;
+                let i = spans.partition_point(|(s, _)| *s <= at) - 1;
+                let (s, b) = spans[i];
+                u64::from(b.ids[at - s])
+            };
+            let mut want = need + need / 16 + 16;
             loop {
-                let want_now = want.min(block.ids.len());
-                let mut found: Vec<(u64, f32)> = best_positions(scores.iter().copied(), want_now)
-                    .into_iter()
-                    .map(|pos| u64::from(block.ids[pos]))
-                    .filter(|id| !skip(*id))
-                    .filter_map(|id| world.item_embedding(id).map(|e| (id, world::dot(query, e))))
-                    .collect();
-                if found.len() >= need || want_now == block.ids.len() {
+                let want_now = want.min(len);
+                let mut found = rescore(
+                    &mut best_positions(slice.iter().copied(), want_now)
+                        .into_iter()
+                        .map(id_at),
+                );
+                if found.len() >= need || want_now == len {
                     sort_scored(&mut found);
                     found.truncate(need);
-                    let split = floor.min(found.len());
-                    rest.extend(found.drain(split..));
-                    reserved.extend(found);
-                    break;
+                    return found;
                 }
                 want *= 2;
             }
+        };
+        let mut reserved: Vec<(u64, f32)> = Vec::new();
+        if floor > 0 {
+            for &(start, block) in &spans {
+                reserved.extend(best(start, Some(block), floor));
+            }
+            sort_scored(&mut reserved);
+            reserved.truncate(k);
         }
-        sort_scored(&mut reserved);
-        reserved.truncate(k);
-        sort_scored(&mut rest);
-        rest.truncate(k - reserved.len());
+        let taken: std::collections::HashSet<u64> = reserved.iter().map(|x| x.0).collect();
+        let rest = best(0, None, k + taken.len())
+            .into_iter()
+            .filter(|(id, _)| !taken.contains(id))
+            .take(k - reserved.len());
         reserved.extend(rest);
         sort_scored(&mut reserved);
         reserved

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use world::World;
 use world::progress::Progress;
 
-use crate::flat::{FlatIndex, best_positions, dot_codes, sort_scored};
+use crate::flat::{FlatIndex, best_positions, score_rows, sort_scored};
 use crate::index::{FileSum, IndexFileError, checksum, file_err};
 
 const MAGIC: &[u8; 8] = b"TNDI2I01";
@@ -93,8 +93,7 @@ impl I2iTable {
                                 let item = block_ids[pos];
                                 let own = &codes[pos * dims..(pos + 1) * dims];
                                 row_scores.clear();
-                                row_scores
-                                    .extend(codes.chunks_exact(dims).map(|r| dot_codes(r, own)));
+                                score_rows(codes, own, dims, &mut row_scores);
                                 let want = neighbours + neighbours / 4 + 8;
                                 let Some(e) = world.item_embedding(u64::from(item)) else {
                                     continue;
