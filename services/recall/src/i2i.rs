@@ -25,7 +25,9 @@ use world::World;
 use world::progress::Progress;
 
 use crate::flat::{FlatIndex, best_positions, score_rows, sort_scored};
-use crate::index::{FileSum, IndexFileError, checksum, file_err};
+use crate::index::{
+    FileSum, IndexFileError, checksum, damaged, file_err, mismatch, read_manifest, write_manifest,
+};
 
 const MAGIC: &[u8; 8] = b"TNDI2I01";
 /// The table's data file inside an index directory.
@@ -34,6 +36,19 @@ pub const DATA: &str = "i2i.bin";
 pub const MANIFEST: &str = "i2i.json";
 /// No neighbour in this slot.
 const NONE: u32 = u32::MAX;
+
+impl Manifest {
+    fn new(world: &World, neighbours: usize, file: FileSum) -> Self {
+        Self {
+            format: 1,
+            items: world.len(),
+            dims: world.dims(),
+            categories: world.config().categories as usize,
+            neighbours,
+            file,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Manifest {
@@ -157,17 +172,6 @@ impl I2iTable {
             .map(|(id, s)| (u64::from(*id), *s))
     }
 
-    fn manifest(&self, world: &World, file: FileSum) -> Manifest {
-        Manifest {
-            format: 1,
-            items: world.len(),
-            dims: world.dims(),
-            categories: world.config().categories as usize,
-            neighbours: self.neighbours,
-            file,
-        }
-    }
-
     /// Writes the table into `dir` (created if needed).
     pub fn save(&self, dir: &Path, world: &World) -> Result<(), IndexFileError> {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
@@ -183,10 +187,8 @@ impl I2iTable {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
         std::fs::write(&path, &bytes).map_err(|e| file_err(&path, e))?;
-        let manifest = self.manifest(world, checksum(&path)?);
-        let path = dir.join(MANIFEST);
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| file_err(&path, e))?;
-        std::fs::write(&path, text).map_err(|e| file_err(&path, e))
+        let manifest = Manifest::new(world, self.neighbours, checksum(&path)?);
+        write_manifest(&dir.join(MANIFEST), &manifest)
     }
 
     /// Loads a table saved by [`I2iTable::save`] for this `world` with
@@ -199,27 +201,12 @@ impl I2iTable {
         neighbours: usize,
     ) -> Result<Option<Self>, IndexFileError> {
         let path = dir.join(MANIFEST);
-        if !path.exists() {
+        let Some(manifest) = read_manifest::<Manifest>(&path)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
-        let want = Manifest {
-            format: 1,
-            items: world.len(),
-            dims: world.dims(),
-            categories: world.config().categories as usize,
-            neighbours,
-            file: manifest.file.clone(),
         };
+        let want = Manifest::new(world, neighbours, manifest.file.clone());
         if manifest != want {
-            return Err(file_err(
-                &path,
-                format!(
-                    "built for {manifest:?}, but the world and recall config ask for {want:?}; \
-                     rebuild it with `feeds world --out` or remove the directory"
-                ),
-            ));
+            return Err(mismatch(&path, &manifest, &want));
         }
         let data = dir.join(DATA);
         let progress = Progress::new("recall: loading i2i table bytes", manifest.file.len);
@@ -227,13 +214,7 @@ impl I2iTable {
         progress.add(bytes.len() as u64);
         let actual = crate::index::checksum_bytes(&data, &bytes);
         if actual != manifest.file {
-            return Err(file_err(
-                &data,
-                format!(
-                    "damaged: {} bytes with checksum {}, the manifest says {} bytes with {}",
-                    actual.len, actual.xxh3, manifest.file.len, manifest.file.xxh3
-                ),
-            ));
+            return Err(damaged(&data, &actual, &manifest.file));
         }
         let slots = world.len() * neighbours;
         if bytes.len() != 16 + slots * 8 || &bytes[..8] != MAGIC {

@@ -105,6 +105,51 @@ pub(crate) fn checksum(path: &Path) -> Result<FileSum, IndexFileError> {
     })
 }
 
+/// Writes `manifest` as pretty JSON to `path`.
+pub(crate) fn write_manifest(path: &Path, manifest: &impl Serialize) -> Result<(), IndexFileError> {
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| file_err(path, e))?;
+    std::fs::write(path, text).map_err(|e| file_err(path, e))
+}
+
+/// Reads the manifest at `path`; `Ok(None)` when there is none.
+pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, IndexFileError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| file_err(path, e))
+}
+
+/// The error for a manifest made for another world or other parameters.
+pub(crate) fn mismatch(
+    path: &Path,
+    got: &impl std::fmt::Debug,
+    want: &impl std::fmt::Debug,
+) -> IndexFileError {
+    file_err(
+        path,
+        format!(
+            "built for {got:?}, but the world and recall config ask for {want:?}; \
+             rebuild it with `feeds world --out` or remove the directory"
+        ),
+    )
+}
+
+/// The error for a file whose length or checksum is not the manifest's.
+pub(crate) fn damaged(path: &Path, actual: &FileSum, expected: &FileSum) -> IndexFileError {
+    file_err(
+        path,
+        format!(
+            "damaged: {} bytes with checksum {}, the manifest says {} bytes with {}",
+            actual.len, actual.xxh3, expected.len, expected.xxh3
+        ),
+    )
+}
+
 const FORMAT: u32 = 1;
 /// The manifest's file name inside an index directory.
 pub const MANIFEST: &str = "index.json";
@@ -229,9 +274,7 @@ impl AnnIndex {
             shards: self.shards.len(),
             files,
         };
-        let path = dir.join(MANIFEST);
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| file_err(&path, e))?;
-        std::fs::write(&path, text).map_err(|e| file_err(&path, e))
+        write_manifest(&dir.join(MANIFEST), &manifest)
     }
 
     /// Loads an index saved by [`AnnIndex::save`] for this `world` and
@@ -244,11 +287,9 @@ impl AnnIndex {
         params: IndexParams,
     ) -> Result<Option<Self>, IndexFileError> {
         let path = dir.join(MANIFEST);
-        if !path.exists() {
+        let Some(manifest) = read_manifest::<Manifest>(&path)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+        };
         let want = Manifest {
             format: FORMAT,
             items: world.len(),
@@ -259,13 +300,7 @@ impl AnnIndex {
             files: manifest.files.clone(),
         };
         if manifest != want {
-            return Err(file_err(
-                &path,
-                format!(
-                    "built for {manifest:?}, but the world and recall config ask for {want:?}; \
-                     rebuild it with `feeds world --out` or remove the directory"
-                ),
-            ));
+            return Err(mismatch(&path, &manifest, &want));
         }
         if manifest.files.len() != 2 * want.shards {
             return Err(file_err(
@@ -284,13 +319,7 @@ impl AnnIndex {
             }
             let actual = checksum(&file)?;
             if actual != *sum {
-                return Err(file_err(
-                    &file,
-                    format!(
-                        "damaged: {} bytes with checksum {}, the manifest says {} bytes with {}",
-                        actual.len, actual.xxh3, sum.len, sum.xxh3
-                    ),
-                ));
+                return Err(damaged(&file, &actual, sum));
             }
         }
         let load_one = |i: usize| -> Result<Hnsw<'static, f32, UnitDot>, IndexFileError> {
