@@ -38,6 +38,8 @@ pub(crate) fn snake(name: &str) -> String {
 
 /// A Rust path such as `crate::pb::RankRequest` for a prost type name.
 fn pb_type(rust: &str) -> Result<TokenStream, Error> {
+    // A carrier (see `carrier`) is named by its extern path already.
+    let rust = rust.strip_prefix("crate::pb::").unwrap_or(rust);
     let path: syn::Path = syn::parse_str(&format!("crate::pb::{rust}"))
         .map_err(|e| Error::Format(format!("type {rust}: {e}")))?;
     Ok(quote!(#path))
@@ -155,9 +157,28 @@ fn explain_impls(
             true => quote!(&self.user_id),
             false => quote!(""),
         };
+        let carried = crate::carrier::pass_through_fields(fds, &m.input_proto_type)
+            .into_iter()
+            .map(|field| {
+                let ident = format_ident!("{field}");
+                quote! {
+                    if let Some(field) = &mut self.#ident {
+                        field.materialize().map_err(|e| {
+                            crate::Status::invalid_argument(format!("{}: {e}", #field))
+                        })?;
+                    }
+                }
+            });
         out.extend(quote! {
             impl crate::stack::Explain for #ty {
                 fn explain(&self) -> bool { #body }
+            }
+
+            impl crate::stack::Carried for #ty {
+                fn materialize(&mut self) -> Result<(), crate::Status> {
+                    #(#carried)*
+                    Ok(())
+                }
             }
 
             impl crate::route::RouteKey for #ty {
@@ -231,9 +252,7 @@ fn stage(
     let routed = format_ident!("{name}Routed");
     let serve = format_ident!("{name}Serve");
     let marker = format_ident!("{name}Service");
-    let client_mod = format_ident!("{snake}_client");
     let server_mod = format_ident!("{snake}_server");
-    let client = format_ident!("{name}Client");
     let server = format_ident!("{name}Server");
     let doc = docs(&s.comments.leading);
     let trait_doc = [
@@ -265,7 +284,7 @@ fn stage(
             false => docs(&m.comments.leading),
         };
         let call_fn = format_ident!("{snake}_{}", m.name);
-        let send_fn = format_ident!("{snake}_{}_send", m.name);
+        let path = format!("/{full}/{proto_method}");
         let unimplemented = format!("{full}.{proto_method}: test stand-in");
         helpers.push(explain_impls(m, fds, explained)?);
         trait_methods.push(quote! {
@@ -277,7 +296,7 @@ fn stage(
             #method: crate::stack::LocalCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
         });
         remote_init.push(quote! {
-            #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #send_fn, target, options)
+            #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #path, target, options)
         });
         routed_methods.push(boxed_method(
             &method,
@@ -320,21 +339,6 @@ fn stage(
                 request: #input,
             ) -> crate::BoxCall<'a, #output> {
                 imp.#method(cx, request)
-            }
-
-            /// Sends one attempt over `channel`: what the remote stack ends in.
-            fn #send_fn(
-                channel: tonic::transport::Channel,
-                request: tonic::Request<#input>,
-                limits: crate::Limits,
-            ) -> crate::BoxCall<'static, tonic::Response<#output>> {
-                Box::pin(async move {
-                    crate::pb::#client_mod::#client::new(channel)
-                        .max_decoding_message_size(limits.max_recv_bytes)
-                        .max_encoding_message_size(limits.max_send_bytes)
-                        .#method(request)
-                        .await
-                })
             }
         });
     }

@@ -11,7 +11,11 @@
 //! - `emit` (private): the stage code, written with `quote!` and formatted with
 //!   `prettyplease`.
 //! - `graph` (private): the call graph, read from each service's `Calls:` line.
+//! - `carrier` (private): the messages that carry a pass-through field (the
+//!   user context), written with their own `prost::Message` impl so the
+//!   field travels undecoded.
 
+mod carrier;
 mod emit;
 mod graph;
 
@@ -115,9 +119,18 @@ pub fn generate(proto_root: &Path) -> Result<Output, Error> {
     let tonic = tonic_prost_build::configure()
         .codec_path("crate::codec::Codec")
         .service_generator();
+    let pass = carrier::pass_through_types(&fds);
+    let carriers = carrier::carriers(&fds, &pass);
     let mut config = prost_build::Config::new();
+    for c in &carriers {
+        // prost skips a type with an extern path; `carrier` writes it.
+        config.extern_path(&c.proto, format!("crate::pb::{}", c.rust));
+    }
     config
         .btree_map(["."])
+        // `bytes` fields (the user context's blob) as `Bytes`: a stage that
+        // decodes a received context slices them instead of copying.
+        .bytes(["."])
         .out_dir(out.path())
         .service_generator(Box::new(StageGenerator {
             tonic,
@@ -127,7 +140,16 @@ pub fn generate(proto_root: &Path) -> Result<Output, Error> {
         .compile_fds(fds.clone())
         .map_err(|e| Error::Generate(e.to_string()))?;
     let pb_path = out.path().join("feeds.v1.rs");
-    let pb = std::fs::read_to_string(&pb_path).map_err(io(&pb_path))?;
+    let mut pb = std::fs::read_to_string(&pb_path).map_err(io(&pb_path))?;
+    let mut carried = Vec::new();
+    for c in &carriers {
+        carried.push(carrier::emit(c, &pass)?);
+    }
+    if !carried.is_empty() {
+        let file: syn::File = syn::parse2(quote::quote!(#(#carried)*))
+            .map_err(|e| Error::Format(format!("{e} (at {:?})", e.span())))?;
+        pb.push_str(&prettyplease::unparse(&file));
+    }
 
     let services = services.0.borrow().clone();
     let stages = emit::stages(&services, &fds)?;

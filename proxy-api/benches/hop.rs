@@ -94,10 +94,10 @@ impl pb::recall_server::Recall for BareEcho {
 fn message(bytes: usize) -> pb::RecallRequest {
     pb::RecallRequest {
         user_id: "42".into(),
-        context: Some(pb::UserContext {
-            blob: vec![7; bytes],
+        context: Some(proxy_api::PassThrough::new(pb::UserContext {
+            blob: vec![7; bytes].into(),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -14,7 +14,6 @@
 //! (HTTP/2 `REFUSED_STREAM`, as sent for streams past a GOAWAY).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::codec::Payload;
 use crate::{ConfigError, Limits, RemoteConfig, RemoteTarget, Stage};
 
 /// Where a configured endpoint's addresses come from.
@@ -297,41 +297,47 @@ impl Balancer {
         None
     }
 
-    /// Sends `request` to one endpoint with `send`; if the call never reached
-    /// the server, ejects that endpoint and, within `max_attempts` and the
-    /// retry budget, tries another. `deadline` becomes
-    /// `grpc-timeout` (what is left of it at each attempt). Transport
-    /// failures come back as UNAVAILABLE naming the stage.
-    pub async fn call<M, R, F, Fut>(
+    /// Sends `message` (with the headers `metadata` makes, once per
+    /// attempt) as a call of the method at `path` to one endpoint; if the
+    /// call never reached the server, ejects that endpoint and, within
+    /// `max_attempts` and the retry budget, tries another. A call that may
+    /// be sent more than once is encoded once and its bytes resent; one
+    /// that cannot moves its message into its only attempt. `deadline`
+    /// becomes `grpc-timeout` (what is left of it at each attempt).
+    /// Transport failures come back as UNAVAILABLE naming the stage.
+    pub async fn call<M, R>(
         &self,
-        request: Request<M>,
+        metadata: impl Fn() -> tonic::metadata::MetadataMap,
+        message: M,
         deadline: Option<Instant>,
-        send: F,
+        path: &'static str,
     ) -> Result<Response<R>, Status>
     where
-        M: Clone,
-        F: Fn(Channel, Request<M>) -> Fut,
-        Fut: Future<Output = Result<Response<R>, Status>>,
+        M: prost::Message + Send + 'static,
+        R: prost::Message + Default + Send + 'static,
     {
-        let (metadata, _, message) = request.into_parts();
-        let (mut metadata, mut message) = (Some(metadata), Some(message));
         let list = self.snapshot();
+        let attempts = (self.config.max_attempts as usize).min(list.len()).max(1);
+        let mut payload = Some(match attempts > 1 {
+            true => Payload::Encoded(crate::codec::encode_once(&message)),
+            false => Payload::Message(message),
+        });
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let Some(i) = self.pick(&list, &tried) else {
                 return Err(self.no_endpoint(&list));
             };
             let backend = &list[i];
-            let retry_possible =
-                tried.len() + 1 < self.config.max_attempts as usize && tried.len() + 1 < list.len();
-            let (md, msg) = match (retry_possible, &metadata, &message) {
-                (true, Some(md), Some(msg)) => (md.clone(), msg.clone()),
-                _ => match (metadata.take(), message.take()) {
-                    (Some(md), Some(msg)) => (md, msg),
-                    _ => return Err(self.no_endpoint(&list)),
-                },
+            let retry_possible = tried.len() + 1 < attempts;
+            let body = match payload.take() {
+                Some(Payload::Encoded(bytes)) if retry_possible => {
+                    payload = Some(Payload::Encoded(bytes.clone()));
+                    Payload::Encoded(bytes)
+                }
+                Some(body) => body,
+                None => return Err(self.no_endpoint(&list)),
             };
-            let mut attempt = Request::from_parts(md, Default::default(), msg);
+            let mut attempt = Request::from_parts(metadata(), Default::default(), body);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -346,7 +352,8 @@ impl Balancer {
                 // Counted until the call ends or is dropped (a caller's
                 // deadline can drop it mid-flight).
                 let _in_flight = InFlight::start(backend);
-                send(backend.channel.clone(), attempt).await
+                crate::stack::unary(backend.channel.clone(), attempt, path, self.target.limits)
+                    .await
             };
             match out {
                 Ok(response) => {
@@ -365,6 +372,7 @@ impl Balancer {
                             endpoint = %backend.key,
                             "call never reached the endpoint; retrying elsewhere"
                         );
+                        crate::observe::count_retry(self.target.stage);
                         tried.push(i);
                         continue;
                     }

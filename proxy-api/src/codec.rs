@@ -76,3 +76,75 @@ where
         self.0.buffer_settings()
     }
 }
+
+/// The body of one outgoing call: the message itself, moved into its only
+/// attempt, or its encoding, made once for a call that may be sent again
+/// (a retry resends the same bytes; nothing is cloned).
+pub enum Payload<M> {
+    /// Encoded by the transport as it sends.
+    Message(M),
+    /// Encoded already ([`encode_once`]); written as it is.
+    Encoded(bytes::Bytes),
+}
+
+/// Encodes `message` for a call that may be sent more than once; counted
+/// like any other encode.
+pub fn encode_once<M: prost::Message>(message: &M) -> bytes::Bytes {
+    let len = message.encoded_len();
+    ENCODED_MESSAGES.fetch_add(1, Ordering::Relaxed);
+    ENCODED_BYTES.fetch_add(len as u64, Ordering::Relaxed);
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    message.encode_raw(&mut buf);
+    buf.freeze()
+}
+
+/// The client codec of the remote stacks: sends a [`Payload`], decodes `R`.
+pub struct PayloadCodec<M, R>(ProstCodec<M, R>);
+
+impl<M, R> Default for PayloadCodec<M, R> {
+    fn default() -> Self {
+        Self(ProstCodec::default())
+    }
+}
+
+impl<M, R> tonic::codec::Codec for PayloadCodec<M, R>
+where
+    M: prost::Message + Send + 'static,
+    R: prost::Message + Default + Send + 'static,
+{
+    type Encode = Payload<M>;
+    type Decode = R;
+    type Encoder = PayloadEncoder<M>;
+    type Decoder = <ProstCodec<M, R> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PayloadEncoder(std::marker::PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        self.0.decoder()
+    }
+}
+
+/// Writes a [`Payload`]: encodes a message (counted), copies an encoding.
+pub struct PayloadEncoder<M>(std::marker::PhantomData<fn(M)>);
+
+impl<M: prost::Message> Encoder for PayloadEncoder<M> {
+    type Item = Payload<M>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Payload<M>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        use bytes::BufMut as _;
+        match item {
+            Payload::Message(message) => {
+                let len = message.encoded_len();
+                ENCODED_MESSAGES.fetch_add(1, Ordering::Relaxed);
+                ENCODED_BYTES.fetch_add(len as u64, Ordering::Relaxed);
+                dst.reserve(len);
+                message.encode_raw(dst);
+            }
+            Payload::Encoded(bytes) => dst.put_slice(&bytes),
+        }
+        Ok(())
+    }
+}

@@ -30,6 +30,8 @@
 //! - `observe`: metrics families, call sites and spans used by the observe layer.
 //! - `timing`: `SelfTimer`, a stage's own time excluding its downstream, kept
 //!   by the adapters while explaining.
+//! - `passthrough`: [`PassThrough`], the user context carried as the bytes
+//!   that arrived until a stage reads it.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
@@ -40,6 +42,7 @@ pub mod context;
 mod error;
 mod factory;
 pub mod observe;
+mod passthrough;
 mod registry;
 mod remote;
 pub mod route;
@@ -67,6 +70,7 @@ pub use balance::{Balancer, subset};
 pub use context::Cx;
 pub use error::{ConfigError, RegistryError};
 pub use factory::{BuildError, Deps, Resources, StageFactory};
+pub use passthrough::{PassThrough, Undecodable, decoded_fields};
 pub use registry::{Binding, Limits, ServeOptions};
 pub use remote::RemoteConfig;
 pub use slot::{AnySlot, RemoteTarget, Service, Slot, SlotOf};

@@ -66,6 +66,7 @@ pub struct Metrics {
     route_reloads: IntCounterVec,
     degraded: IntCounterVec,
     caps_relaxed: IntCounterVec,
+    retries: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -114,6 +115,12 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
             "Pages whose diversity caps were relaxed because the allowed candidates \
              could not fill them, by stage and tenant.",
             &["stage", "tenant"],
+        )?,
+        retries: plain(
+            "feeds_client_retries_total",
+            "Attempts sent again to another endpoint because the first never reached \
+             its server (the same encoded bytes), by stage.",
+            &["stage"],
         )?,
         client_handled: counter(
             "grpc_client_handled_total",
@@ -369,6 +376,15 @@ pub(crate) fn count_fallback(stage: Stage, from: &str, to: &str) {
         && let Ok(c) = m
             .route_fallbacks
             .get_metric_with_label_values(&[stage.name(), from, to])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one call to `stage` sent again to another endpoint.
+pub(crate) fn count_retry(stage: Stage) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m.retries.get_metric_with_label_values(&[stage.name()])
     {
         c.inc();
     }

@@ -50,7 +50,7 @@ impl Limits {
 }
 
 /// What every server adapter of a process needs to know.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Message size limits.
     pub limits: Limits,
@@ -59,6 +59,20 @@ pub struct ServeOptions {
     /// Peers whose `x-tandem-*` headers (dye, stress) the entry stage keeps;
     /// from every other peer they are dropped before routing.
     pub trusted_peers: Arc<[crate::route::Cidr]>,
+    /// Carry pass-through fields (the user context) as the bytes that
+    /// arrived; false decodes them on arrival, as every hop once did.
+    pub pass_through: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            default_deadline: None,
+            trusted_peers: Arc::from([]),
+            pass_through: true,
+        }
+    }
 }
 
 /// How one stage is reached from this process.

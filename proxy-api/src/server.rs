@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub keepalive_timeout: Option<Duration>,
     /// Connections older than this are closed gracefully (GOAWAY).
     pub max_connection_age: Option<Duration>,
+    /// Carry pass-through fields undecoded (see [`crate::PassThrough`]).
+    pub pass_through: bool,
 }
 
 impl ServerOptions {
@@ -50,6 +52,7 @@ impl ServerOptions {
             limits: self.limits,
             default_deadline: self.default_deadline,
             trusted_peers: Arc::clone(&self.trusted_peers),
+            pass_through: self.pass_through,
         }
     }
 }

@@ -79,6 +79,11 @@ pub struct ProcessConfig {
     /// headers (dye, stress tag) the entry stage keeps; from every other peer
     /// they are removed before routing. Empty: nobody's are kept.
     pub trusted_peers: Vec<String>,
+    /// Stages that only forward the user context send on the bytes that
+    /// arrived, and a stage that reads it decodes it once; false decodes it
+    /// at every hop and encodes it again (the cost this removes, kept
+    /// switchable so `feeds bench` can show both in one run).
+    pub pass_through: bool,
 }
 
 /// The `[telemetry]` section.
@@ -143,6 +148,7 @@ impl Default for ProcessConfig {
             keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 300_000,
             trusted_peers: Vec::new(),
+            pass_through: true,
         }
     }
 }

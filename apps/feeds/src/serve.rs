@@ -106,6 +106,7 @@ pub fn server_options(config: &Config, plan: &Plan) -> ServerOptions {
         keepalive: ms(p.keepalive_ms),
         keepalive_timeout: ms(p.keepalive_timeout_ms),
         max_connection_age: ms(p.max_connection_age_ms),
+        pass_through: p.pass_through,
     }
 }
 

@@ -17,7 +17,7 @@ async fn oversized_request_is_resource_exhausted() {
     let mut case = common::cases(1)[0].clone();
     case.request.page_size = 5;
     if let Some(ctx) = case.request.context.as_mut() {
-        ctx.blob = vec![1; 2 * 1024];
+        ctx.get_mut().expect("made here").blob = vec![1; 2 * 1024].into();
     }
     client
         .get_feed(common::request(&case, 0))
@@ -25,7 +25,7 @@ async fn oversized_request_is_resource_exhausted() {
         .expect("a 2 KB context fits");
 
     if let Some(ctx) = case.request.context.as_mut() {
-        ctx.blob = vec![1; 64 * 1024];
+        ctx.get_mut().expect("made here").blob = vec![1; 64 * 1024].into();
     }
     let status = client
         .get_feed(common::request(&case, 1))

@@ -77,7 +77,7 @@ impl BusinessRemote {
                 std::sync::Arc::clone(&balancer),
                 Stage::Business,
                 "GetFeed",
-                business_get_feed_send,
+                "/feeds.v1.Business/GetFeed",
                 target,
                 options,
             ),
@@ -220,6 +220,19 @@ impl crate::stack::Explain for crate::pb::GetFeedRequest {
     }
 }
 
+impl crate::stack::Carried for crate::pb::GetFeedRequest {
+    fn materialize(&mut self) -> Result<(), crate::Status> {
+        if let Some(field) = &mut self.context {
+            field
+                .materialize()
+                .map_err(|e| {
+                    crate::Status::invalid_argument(format!("{}: {e}", "context"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::route::RouteKey for crate::pb::GetFeedRequest {
     fn route_key(&self) -> &str {
         &self.user_id
@@ -245,21 +258,6 @@ fn business_get_feed<'a>(
     request: crate::pb::GetFeedRequest,
 ) -> crate::BoxCall<'a, crate::pb::GetFeedResponse> {
     imp.get_feed(cx, request)
-}
-
-/// Sends one attempt over `channel`: what the remote stack ends in.
-fn business_get_feed_send(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<crate::pb::GetFeedRequest>,
-    limits: crate::Limits,
-) -> crate::BoxCall<'static, tonic::Response<crate::pb::GetFeedResponse>> {
-    Box::pin(async move {
-        crate::pb::business_client::BusinessClient::new(channel)
-            .max_decoding_message_size(limits.max_recv_bytes)
-            .max_encoding_message_size(limits.max_send_bytes)
-            .get_feed(request)
-            .await
-    })
 }
 
 /// Transport-agnostic face of `feeds.v1.Split`: the stage crate implements it;
@@ -331,7 +329,7 @@ impl SplitRemote {
                 std::sync::Arc::clone(&balancer),
                 Stage::Split,
                 "Split",
-                split_split_send,
+                "/feeds.v1.Split/Split",
                 target,
                 options,
             ),
@@ -469,6 +467,19 @@ impl crate::stack::Explain for crate::pb::SplitRequest {
     }
 }
 
+impl crate::stack::Carried for crate::pb::SplitRequest {
+    fn materialize(&mut self) -> Result<(), crate::Status> {
+        if let Some(field) = &mut self.context {
+            field
+                .materialize()
+                .map_err(|e| {
+                    crate::Status::invalid_argument(format!("{}: {e}", "context"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::route::RouteKey for crate::pb::SplitRequest {
     fn route_key(&self) -> &str {
         &self.user_id
@@ -494,21 +505,6 @@ fn split_split<'a>(
     request: crate::pb::SplitRequest,
 ) -> crate::BoxCall<'a, crate::pb::SplitResponse> {
     imp.split(cx, request)
-}
-
-/// Sends one attempt over `channel`: what the remote stack ends in.
-fn split_split_send(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<crate::pb::SplitRequest>,
-    limits: crate::Limits,
-) -> crate::BoxCall<'static, tonic::Response<crate::pb::SplitResponse>> {
-    Box::pin(async move {
-        crate::pb::split_client::SplitClient::new(channel)
-            .max_decoding_message_size(limits.max_recv_bytes)
-            .max_encoding_message_size(limits.max_send_bytes)
-            .split(request)
-            .await
-    })
 }
 
 /// Transport-agnostic face of `feeds.v1.Rerank`: the stage crate implements it;
@@ -586,7 +582,7 @@ impl RerankRemote {
                 std::sync::Arc::clone(&balancer),
                 Stage::Rerank,
                 "Rerank",
-                rerank_rerank_send,
+                "/feeds.v1.Rerank/Rerank",
                 target,
                 options,
             ),
@@ -726,6 +722,19 @@ impl crate::stack::Explain for crate::pb::RerankRequest {
     }
 }
 
+impl crate::stack::Carried for crate::pb::RerankRequest {
+    fn materialize(&mut self) -> Result<(), crate::Status> {
+        if let Some(field) = &mut self.context {
+            field
+                .materialize()
+                .map_err(|e| {
+                    crate::Status::invalid_argument(format!("{}: {e}", "context"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::route::RouteKey for crate::pb::RerankRequest {
     fn route_key(&self) -> &str {
         &self.user_id
@@ -751,21 +760,6 @@ fn rerank_rerank<'a>(
     request: crate::pb::RerankRequest,
 ) -> crate::BoxCall<'a, crate::pb::RerankResponse> {
     imp.rerank(cx, request)
-}
-
-/// Sends one attempt over `channel`: what the remote stack ends in.
-fn rerank_rerank_send(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<crate::pb::RerankRequest>,
-    limits: crate::Limits,
-) -> crate::BoxCall<'static, tonic::Response<crate::pb::RerankResponse>> {
-    Box::pin(async move {
-        crate::pb::rerank_client::RerankClient::new(channel)
-            .max_decoding_message_size(limits.max_recv_bytes)
-            .max_encoding_message_size(limits.max_send_bytes)
-            .rerank(request)
-            .await
-    })
 }
 
 /// Transport-agnostic face of `feeds.v1.FineRank`: the stage crate implements it;
@@ -840,7 +834,7 @@ impl FineRankRemote {
                 std::sync::Arc::clone(&balancer),
                 Stage::FineRank,
                 "Rank",
-                fine_rank_rank_send,
+                "/feeds.v1.FineRank/Rank",
                 target,
                 options,
             ),
@@ -983,6 +977,19 @@ impl crate::stack::Explain for crate::pb::RankRequest {
     }
 }
 
+impl crate::stack::Carried for crate::pb::RankRequest {
+    fn materialize(&mut self) -> Result<(), crate::Status> {
+        if let Some(field) = &mut self.context {
+            field
+                .materialize()
+                .map_err(|e| {
+                    crate::Status::invalid_argument(format!("{}: {e}", "context"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::route::RouteKey for crate::pb::RankRequest {
     fn route_key(&self) -> &str {
         &self.user_id
@@ -1008,21 +1015,6 @@ fn fine_rank_rank<'a>(
     request: crate::pb::RankRequest,
 ) -> crate::BoxCall<'a, crate::pb::RankResponse> {
     imp.rank(cx, request)
-}
-
-/// Sends one attempt over `channel`: what the remote stack ends in.
-fn fine_rank_rank_send(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<crate::pb::RankRequest>,
-    limits: crate::Limits,
-) -> crate::BoxCall<'static, tonic::Response<crate::pb::RankResponse>> {
-    Box::pin(async move {
-        crate::pb::fine_rank_client::FineRankClient::new(channel)
-            .max_decoding_message_size(limits.max_recv_bytes)
-            .max_encoding_message_size(limits.max_send_bytes)
-            .rank(request)
-            .await
-    })
 }
 
 /// Transport-agnostic face of `feeds.v1.Recall`: the stage crate implements it;
@@ -1100,7 +1092,7 @@ impl RecallRemote {
                 std::sync::Arc::clone(&balancer),
                 Stage::Recall,
                 "Recall",
-                recall_recall_send,
+                "/feeds.v1.Recall/Recall",
                 target,
                 options,
             ),
@@ -1240,6 +1232,19 @@ impl crate::stack::Explain for crate::pb::RecallRequest {
     }
 }
 
+impl crate::stack::Carried for crate::pb::RecallRequest {
+    fn materialize(&mut self) -> Result<(), crate::Status> {
+        if let Some(field) = &mut self.context {
+            field
+                .materialize()
+                .map_err(|e| {
+                    crate::Status::invalid_argument(format!("{}: {e}", "context"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::route::RouteKey for crate::pb::RecallRequest {
     fn route_key(&self) -> &str {
         &self.user_id
@@ -1265,21 +1270,6 @@ fn recall_recall<'a>(
     request: crate::pb::RecallRequest,
 ) -> crate::BoxCall<'a, crate::pb::RecallResponse> {
     imp.recall(cx, request)
-}
-
-/// Sends one attempt over `channel`: what the remote stack ends in.
-fn recall_recall_send(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<crate::pb::RecallRequest>,
-    limits: crate::Limits,
-) -> crate::BoxCall<'static, tonic::Response<crate::pb::RecallResponse>> {
-    Box::pin(async move {
-        crate::pb::recall_client::RecallClient::new(channel)
-            .max_decoding_message_size(limits.max_recv_bytes)
-            .max_encoding_message_size(limits.max_send_bytes)
-            .recall(request)
-            .await
-    })
 }
 
 /// A stand-in for every stage that answers UNIMPLEMENTED, for tests and

@@ -7,7 +7,7 @@ use tower::ServiceBuilder;
 
 use super::{
     BoxCall, Call, DeadlineLayer, Explain, Leaf, Method, Observe, ObserveLayer, RemoteLeaf,
-    RuntimeOptions, SendFn, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
+    RuntimeOptions, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
 };
 use crate::observe::{Side, Site};
 use crate::{Balancer, Cx, ServeOptions, Stage, Status};
@@ -69,16 +69,16 @@ pub struct RemoteCall<M, R> {
 
 impl<M, R> RemoteCall<M, R>
 where
-    M: Explain + Clone + Send + 'static,
-    R: Timings + Send + 'static,
+    M: Explain + prost::Message + Send + 'static,
+    R: Timings + prost::Message + Default + Send + 'static,
 {
-    /// The stack sending `name` calls through `balancer`, the pool
-    /// `target`, with `send`.
+    /// The stack sending `name` calls (gRPC path `path`) through
+    /// `balancer`, the pool `target`.
     pub fn new(
         balancer: Arc<Balancer>,
         stage: Stage,
         name: &'static str,
-        send: SendFn<M, R>,
+        path: &'static str,
         target: &str,
         _options: &RuntimeOptions,
     ) -> Self {
@@ -88,7 +88,7 @@ where
             stack: ServiceBuilder::new()
                 .layer(ObserveLayer::new(Some(site)))
                 .layer(DeadlineLayer::new(stage))
-                .service(RemoteLeaf::new(balancer, send, target)),
+                .service(RemoteLeaf::new(balancer, path, target)),
         }
     }
 
@@ -115,12 +115,14 @@ pub struct ServeCall<I: ?Sized, M, R> {
     entry: bool,
     /// Peers whose `x-tandem-*` headers the entry stage keeps.
     trusted: Arc<[crate::route::Cidr]>,
+    /// Carry pass-through fields as received (else decode them on arrival).
+    pass_through: bool,
 }
 
 impl<I, M, R> ServeCall<I, M, R>
 where
     I: ?Sized + Send + Sync + 'static,
-    M: Explain + Send + 'static,
+    M: Explain + super::Carried + Send + 'static,
     R: Timings + super::Degraded + Send + 'static,
 {
     /// The stack serving `imp`'s `method` (`name` in metrics and spans).
@@ -141,6 +143,7 @@ where
             stage,
             entry: stage.callers().is_empty(),
             trusted: Arc::clone(&options.trusted_peers),
+            pass_through: options.pass_through,
         }
     }
 
@@ -150,7 +153,10 @@ where
             || request
                 .remote_addr()
                 .is_some_and(|peer| self.trusted.iter().any(|c| c.contains(peer.ip())));
-        let (metadata, _, msg) = request.into_parts();
+        let (metadata, _, mut msg) = request.into_parts();
+        if !self.pass_through {
+            msg.materialize()?;
+        }
         let explain = msg.explain();
         let cx = Cx::inbound(&metadata, self.default_deadline, trusted)?;
         let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;

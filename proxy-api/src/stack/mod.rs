@@ -39,26 +39,20 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use crate::observe::TraceParent;
-use crate::{Cx, Limits, Status, pb};
+use crate::{Cx, Status, pb};
 
 pub use adapter::{LocalCall, RemoteCall, ServeCall};
 pub use deadline::{Deadline, DeadlineLayer, ServerDeadline, ServerDeadlineLayer};
 pub use local::Leaf;
 pub use observe::{Observe, ObserveLayer};
 pub use remote::RemoteLeaf;
+pub(crate) use remote::unary;
 
 /// The boxed future a stage method returns (async_trait's shape).
 pub type BoxCall<'a, R> = Pin<Box<dyn Future<Output = Result<R, Status>> + Send + 'a>>;
 
 /// One method of an implementation `I`, as a plain function (generated).
 pub type Method<I, M, R> = for<'a> fn(&'a I, &'a Cx, M) -> BoxCall<'a, R>;
-
-/// Sends one attempt of a method over a channel (generated, tonic's client).
-pub type SendFn<M, R> = fn(
-    tonic::transport::Channel,
-    tonic::Request<M>,
-    Limits,
-) -> BoxCall<'static, tonic::Response<R>>;
 
 /// One call as it moves down a stack.
 #[derive(Debug)]
@@ -92,6 +86,15 @@ impl<'a, M> Call<'a, M> {
 pub trait Explain {
     /// Whether the caller asked for `timings`.
     fn explain(&self) -> bool;
+}
+
+/// A request message whose pass-through fields (see [`crate::PassThrough`])
+/// a server can decode on arrival instead of carrying them (generated for
+/// every request type).
+pub trait Carried {
+    /// Decodes every pass-through field now and drops its received bytes;
+    /// broken bytes are INVALID_ARGUMENT naming the field.
+    fn materialize(&mut self) -> Result<(), Status>;
 }
 
 /// A response message that carries stage timings (generated for every

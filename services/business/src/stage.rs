@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use proxy_api::{Cx, Status, pb};
+use proxy_api::{Cx, PassThrough, Status, pb};
 use world::World;
 
 use crate::config::MAX_POOL;
@@ -137,13 +137,23 @@ impl BusinessStage {
     }
 
     /// The request's context, with the user's recent history from the
-    /// interaction log when the product sent none (a known user).
-    fn with_history(&self, user_id: &str, context: Option<pb::UserContext>) -> pb::UserContext {
+    /// interaction log when the product sent none (a known user). A context
+    /// that needs nothing added goes on as the bytes that arrived.
+    fn with_history(
+        &self,
+        user_id: &str,
+        context: Option<PassThrough<pb::UserContext>>,
+    ) -> Result<PassThrough<pb::UserContext>, Error> {
+        let broken = |e: proxy_api::Undecodable| Error::InvalidArgument {
+            field: "context",
+            message: e.to_string(),
+        };
         let mut context = context.unwrap_or_default();
-        if context.recent_items.is_empty() {
-            context.recent_items = self.world.history(world::user_key(user_id)).to_vec();
+        if context.get().map_err(broken)?.recent_items.is_empty() {
+            context.get_mut().map_err(broken)?.recent_items =
+                self.world.history(world::user_key(user_id)).to_vec();
         }
-        context
+        Ok(context)
     }
 }
 
@@ -176,8 +186,11 @@ impl proxy_api::Business for BusinessStage {
         // needs to reach one item past the page (which tells whether there
         // is a next page).
         let limit = (page.offset + page.size + 1).min(MAX_POOL);
-        let context = self.with_history(&request.user_id, request.context);
-        let seen = context.recent_items.clone();
+        let context = self.with_history(&request.user_id, request.context)?;
+        let seen = context
+            .get()
+            .map(|c| c.recent_items.clone())
+            .unwrap_or_default();
         let split = self
             .split
             .split(

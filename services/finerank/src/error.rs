@@ -16,6 +16,9 @@ pub enum Error {
     /// A model file could not be used.
     #[error(transparent)]
     Model(#[from] crate::ModelError),
+    /// The user context arrived broken.
+    #[error("context: {0}")]
+    Context(proxy_api::Undecodable),
     /// Recall failed.
     #[error(transparent)]
     Downstream(#[from] proxy_api::Status),
@@ -24,7 +27,9 @@ pub enum Error {
 impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } => proxy_api::Status::invalid_argument(err.to_string()),
+            Error::BadParam { .. } | Error::Context(_) => {
+                proxy_api::Status::invalid_argument(err.to_string())
+            }
             Error::Model(_) => proxy_api::Status::internal(err.to_string()),
             Error::Downstream(status) => status,
         }

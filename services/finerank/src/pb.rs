@@ -3,24 +3,27 @@
 use proxy_api::pb;
 
 use crate::stage::ChannelTag;
-use crate::{Query, Scored};
+use crate::{Error, Query, Scored};
 
 impl Query {
-    /// Reads what fine-rank uses from a request.
-    pub(crate) fn from_pb(request: &pb::RankRequest) -> Self {
-        Self {
+    /// Reads what fine-rank uses from a request (the context is decoded
+    /// here, once, if it arrived undecoded; it goes on to recall as it came).
+    pub(crate) fn from_pb(request: &pb::RankRequest) -> Result<Self, Error> {
+        let context = request
+            .context
+            .as_ref()
+            .map(|c| c.get())
+            .transpose()
+            .map_err(Error::Context)?;
+        Ok(Self {
             user: world::user_key(&request.user_id),
-            recent: request
-                .context
-                .as_ref()
-                .map(|c| c.recent_items.clone())
-                .unwrap_or_default(),
+            recent: context.map(|c| c.recent_items.clone()).unwrap_or_default(),
             params: request
                 .assignment
                 .as_ref()
                 .map(|a| a.params.clone())
                 .unwrap_or_default(),
-        }
+        })
     }
 }
 

@@ -196,7 +196,7 @@ impl FineRankStage {
 #[proxy_api::async_trait]
 impl proxy_api::FineRank for FineRankStage {
     async fn rank(&self, cx: &Cx, request: pb::RankRequest) -> Result<pb::RankResponse, Status> {
-        let query = Query::from_pb(&request);
+        let query = Query::from_pb(&request)?;
         let recalled = self
             .recall
             .recall(

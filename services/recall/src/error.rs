@@ -19,12 +19,15 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// The user context arrived broken.
+    #[error("context: {0}")]
+    Context(proxy_api::Undecodable),
 }
 
 impl From<Error> for proxy_api::Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::BadParam { .. } | Error::UnknownName { .. } => {
+            Error::BadParam { .. } | Error::UnknownName { .. } | Error::Context(_) => {
                 proxy_api::Status::invalid_argument(err.to_string())
             }
         }

@@ -2,13 +2,19 @@
 
 use proxy_api::pb;
 
-use crate::{Candidate, Query};
+use crate::{Candidate, Error, Query};
 
 impl Query {
-    /// Reads a query out of a request, keeping only what recall uses.
-    pub(crate) fn from_pb(request: &pb::RecallRequest) -> Self {
-        let context = request.context.as_ref();
-        Self {
+    /// Reads a query out of a request, keeping only what recall uses (the
+    /// context is decoded here, once, if it arrived undecoded).
+    pub(crate) fn from_pb(request: &pb::RecallRequest) -> Result<Self, Error> {
+        let context = request
+            .context
+            .as_ref()
+            .map(|c| c.get())
+            .transpose()
+            .map_err(Error::Context)?;
+        Ok(Self {
             user: world::user_key(&request.user_id),
             recent: context.map(|c| c.recent_items.clone()).unwrap_or_default(),
             params: request
@@ -26,7 +32,7 @@ impl Query {
                 .as_ref()
                 .map(|c| c.blocked_creators.clone())
                 .unwrap_or_default(),
-        }
+        })
     }
 }
 

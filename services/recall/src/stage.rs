@@ -434,7 +434,7 @@ impl proxy_api::Recall for RecallStage {
         _cx: &Cx,
         request: pb::RecallRequest,
     ) -> Result<pb::RecallResponse, Status> {
-        let query = Query::from_pb(&request);
+        let query = Query::from_pb(&request)?;
         let items = self.recall(&query)?.into_iter().map(Into::into).collect();
         Ok(pb::RecallResponse {
             items,

@@ -385,7 +385,7 @@ fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
             user_id: ((i * 37) % users).to_string(),
             page_size: 20,
             cursor: String::new(),
-            context: Some(pb::UserContext {
+            context: Some(proxy_api::PassThrough::new(pb::UserContext {
                 device: Some(pb::Device {
                     os: "android".into(),
                     model: "pixel".into(),
@@ -395,9 +395,9 @@ fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
                 features: [("hour".to_owned(), (i % 24).to_string())]
                     .into_iter()
                     .collect(),
-                blob: vec![(i % 251) as u8; kb * 1024],
+                blob: vec![(i % 251) as u8; kb * 1024].into(),
                 ..Default::default()
-            }),
+            })),
             explain,
         })
         .collect()

@@ -80,7 +80,7 @@ pub fn cases(n: usize) -> Vec<Case> {
                 user_id,
                 page_size,
                 cursor,
-                context: Some(pb::UserContext {
+                context: Some(proxy_api::PassThrough::new(pb::UserContext {
                     recent_items: recent,
                     events,
                     device: Some(pb::Device {
@@ -90,8 +90,8 @@ pub fn cases(n: usize) -> Vec<Case> {
                         network: "wifi".into(),
                     }),
                     features,
-                    blob: vec![i as u8; (i % 8) * 512],
-                }),
+                    blob: vec![i as u8; (i % 8) * 512].into(),
+                })),
                 explain: false,
             };
             Case { tenant, request }
@@ -251,7 +251,7 @@ pub async fn serve_monolith(tweak: impl FnOnce(&mut Config)) -> InProcess {
     spawn_servers(vec![(config, plan, listener)]).await
 }
 
-async fn spawn_servers(servers: Vec<(Config, Plan, tokio::net::TcpListener)>) -> InProcess {
+pub async fn spawn_servers(servers: Vec<(Config, Plan, tokio::net::TcpListener)>) -> InProcess {
     let addrs: Vec<SocketAddr> = servers
         .iter()
         .map(|(_, _, l)| l.local_addr().expect("addr"))
