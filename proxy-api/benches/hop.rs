@@ -145,6 +145,59 @@ fn allocations_per_call(rt: &Runtime, stub: Option<&Arc<dyn Recall>>, cx: &Cx) -
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64 - answer_cost as f64
 }
 
+/// Heap allocations per call over loopback gRPC, both ends in this
+/// process: through the registry's `grpc` binding, or tonic's generated
+/// client to its generated server (`bare`), with a `kb` KB context.
+fn remote_allocations(
+    rt: &Runtime,
+    grpc: &Arc<dyn Recall>,
+    bare: &RecallClient<tonic::transport::Channel>,
+    kb: usize,
+) -> (f64, f64) {
+    const N: u64 = 2_000;
+    let msg = message(kb * 1024);
+    let count = |f: &dyn Fn()| {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        f();
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
+    };
+    let cx = Cx::new().with_timeout(Duration::from_secs(3600));
+    let ours = count(&|| {
+        rt.block_on(async {
+            for _ in 0..N {
+                let _ = black_box(grpc.recall(&cx, msg.clone()).await);
+            }
+        })
+    });
+    let theirs = count(&|| {
+        rt.block_on(async {
+            for _ in 0..N {
+                let mut r = tonic::Request::new(msg.clone());
+                r.set_timeout(Duration::from_secs(3600));
+                let _ = black_box(bare.clone().recall(r).await);
+            }
+        })
+    });
+    (ours, theirs)
+}
+
+/// Writes the allocation figures where `feeds bench` reads them
+/// (`target/hop/allocations.json`), so its report can show them.
+fn write_summary(fields: &[(&str, f64)]) {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("hop");
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(",\n");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("allocations.json"), format!("{{\n{body}\n}}\n"));
+    }
+}
+
 /// The three in-process paths measured in turn, round after round, in one
 /// loop each (no per-iteration setup), and the median round of each: on a
 /// shared machine this is steadier than criterion's separate groups for
@@ -258,6 +311,22 @@ fn hops(c: &mut Criterion) {
         no_deadline - direct,
         edge - direct,
     );
+
+    let (grpc_allocs, bare_allocs) = remote_allocations(&rt, &grpc_stub, &bare, 16);
+    println!(
+        "allocations per call over loopback gRPC, both ends in this process, 16 KB context \
+         (a clone of the message each call included): grpc binding {grpc_allocs:.2}; \
+         bare tonic {bare_allocs:.2} (the binding adds {:.2})",
+        grpc_allocs - bare_allocs
+    );
+    write_summary(&[
+        ("direct", direct),
+        ("local_serving", serving_path),
+        ("local_unobserved", unobserved),
+        ("local_from_outside_with_deadline", edge),
+        ("grpc_16kb_both_ends", grpc_allocs),
+        ("bare_tonic_16kb_both_ends", bare_allocs),
+    ]);
 
     interleaved(&rt, &local_stub, &unobserved_stub, &serving_cx);
 

@@ -1,9 +1,16 @@
-//! `feeds echo`: the baseline chain for `feeds bench`. Five processes, one
-//! per stage, written against tonic's generated code alone (no registry, no
-//! stage logic) that pass the same messages as the real chain: the context
-//! moves down every hop, recall answers 1,000 candidates, fine-rank passes
-//! 200 up, rerank the page, business fills placeholder metadata. Five-pod's
-//! cost above this chain is the framework's own gRPC overhead.
+//! `feeds echo`: the baselines of `feeds bench`, written against tonic's
+//! generated code alone (no registry, no stage logic, no runtime layers).
+//!
+//! - The echo chain: five processes, one per stage, passing the same
+//!   messages as the real chain: the context moves down every hop, recall
+//!   answers 1,000 candidates, fine-rank passes 200 up, rerank the page,
+//!   business fills placeholder metadata. Every hop decodes the context and
+//!   encodes it again, as tonic with prost's generated types does (the blob
+//!   as `Bytes`, prost's cheapest form): this is the floor five-pod is
+//!   compared with.
+//! - The one-hop echo: business alone (`--next` not given) answers the
+//!   entry's request with a page of the same shape, in one process: the floor
+//!   the monolith's framework cost is compared with.
 
 use std::future::Future;
 
@@ -38,6 +45,31 @@ impl Echo {
     }
 }
 
+/// Decodes a received context and drops its bytes, so the hop encodes it
+/// again from the decoded value: what plain generated types cost.
+fn decoded(
+    context: Option<proxy_api::PassThrough<pb::UserContext>>,
+) -> Result<Option<proxy_api::PassThrough<pb::UserContext>>, Status> {
+    let mut context = context;
+    if let Some(c) = context.as_mut() {
+        c.materialize()
+            .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
+    }
+    Ok(context)
+}
+
+/// The experiment assignment every echo answer carries.
+fn assignment() -> pb::Assignment {
+    pb::Assignment {
+        experiments: vec![pb::ExperimentHit {
+            layer: "ranking".into(),
+            experiment: "model-v2".into(),
+            bucket: 183,
+        }],
+        params: split::Config::default().defaults,
+    }
+}
+
 #[tonic::async_trait]
 impl business_server::Business for Echo {
     async fn get_feed(
@@ -45,21 +77,37 @@ impl business_server::Business for Echo {
         request: Request<pb::GetFeedRequest>,
     ) -> Result<Response<pb::GetFeedResponse>, Status> {
         let r = request.into_inner();
-        let mut client = pb::split_client::SplitClient::new(self.next()?)
-            .max_decoding_message_size(self.limits.max_recv_bytes);
         let page = r.page_size as usize;
-        let down = client
-            .split(pb::SplitRequest {
-                user_id: r.user_id,
-                limit: r.page_size,
-                context: r.context,
-                layers: Vec::new(),
-                explain: false,
-                constraints: Some(pb::Constraints::default()),
-                page_size: r.page_size,
-            })
-            .await?
-            .into_inner();
+        let context = decoded(r.context)?;
+        let down = match self.next.clone() {
+            // One hop: the page is made here, from candidates of the shape
+            // the chain would bring back.
+            None => pb::SplitResponse {
+                items: (0..page as u64 + 1)
+                    .map(|i| pb::ScoredItem {
+                        item_id: i * 37,
+                        score: 1.0 / (1.0 + i as f32),
+                        channel: "ann".into(),
+                        reserve: false,
+                    })
+                    .collect(),
+                assignment: Some(assignment()),
+                timings: Vec::new(),
+            },
+            Some(next) => pb::split_client::SplitClient::new(next)
+                .max_decoding_message_size(self.limits.max_recv_bytes)
+                .split(pb::SplitRequest {
+                    user_id: r.user_id,
+                    limit: r.page_size + 1,
+                    context,
+                    layers: Vec::new(),
+                    explain: false,
+                    constraints: Some(pb::Constraints::default()),
+                    page_size: r.page_size,
+                })
+                .await?
+                .into_inner(),
+        };
         let items = down
             .items
             .into_iter()
@@ -92,19 +140,12 @@ impl split_server::Split for Echo {
         let r = request.into_inner();
         let mut client = pb::rerank_client::RerankClient::new(self.next()?)
             .max_decoding_message_size(self.limits.max_recv_bytes);
-        let assignment = pb::Assignment {
-            experiments: vec![pb::ExperimentHit {
-                layer: "ranking".into(),
-                experiment: "model-v2".into(),
-                bucket: 183,
-            }],
-            params: split::Config::default().defaults,
-        };
+        let assignment = assignment();
         let down = client
             .rerank(pb::RerankRequest {
                 user_id: r.user_id,
                 limit: r.limit,
-                context: r.context,
+                context: decoded(r.context)?,
                 assignment: Some(assignment.clone()),
                 explain: false,
                 constraints: r.constraints,
@@ -132,7 +173,7 @@ impl rerank_server::Rerank for Echo {
         let down = client
             .rank(pb::RankRequest {
                 user_id: r.user_id,
-                context: r.context,
+                context: decoded(r.context)?,
                 assignment: r.assignment,
                 explain: false,
                 constraints: r.constraints,
@@ -159,7 +200,7 @@ impl fine_rank_server::FineRank for Echo {
         let down = client
             .recall(pb::RecallRequest {
                 user_id: r.user_id,
-                context: r.context,
+                context: decoded(r.context)?,
                 assignment: r.assignment,
                 explain: false,
                 constraints: r.constraints,
@@ -178,8 +219,9 @@ impl fine_rank_server::FineRank for Echo {
 impl recall_server::Recall for Echo {
     async fn recall(
         &self,
-        _: Request<pb::RecallRequest>,
+        request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
+        decoded(request.into_inner().context)?;
         let items = (0..CANDIDATES)
             .map(|i| pb::ScoredItem {
                 item_id: i * 37,

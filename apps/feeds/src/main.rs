@@ -101,6 +101,30 @@ enum Command {
         dir: PathBuf,
     },
     #[cfg(feature = "lab")]
+    /// Closed-loop load against a running deployment (the bench's request
+    /// set): throughput, latency percentiles and errors. Bounded by --seconds.
+    Load {
+        /// The entry process.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: std::net::SocketAddr,
+        /// User-context blob per request, KB.
+        #[arg(long, default_value_t = 16)]
+        kb: usize,
+        /// Clients sending back to back.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// How long to send (at most 600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Sent as `x-tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Open loop instead: this many requests per second, latency from
+        /// each request's intended send time.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    #[cfg(feature = "lab")]
     /// One process of the bare echo chain that `feeds bench` uses as a floor.
     #[command(hide = true)]
     Echo {
@@ -201,6 +225,15 @@ fn main() -> ExitCode {
             out,
             dir,
         } => bench(quick, smoke, out, dir),
+        #[cfg(feature = "lab")]
+        Command::Load {
+            addr,
+            kb,
+            concurrency,
+            seconds,
+            tenant,
+            rate,
+        } => load_test(addr, kb, concurrency, seconds, tenant, rate),
         #[cfg(feature = "lab")]
         Command::Echo {
             stage,
@@ -390,6 +423,44 @@ fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCo
         eprintln!("results in {}", out.display());
         Ok(())
     })();
+    exit(result)
+}
+
+#[cfg(feature = "lab")]
+fn load_test(
+    addr: std::net::SocketAddr,
+    kb: usize,
+    concurrency: usize,
+    seconds: f64,
+    tenant: Option<String>,
+    rate: Option<f64>,
+) -> ExitCode {
+    if let Some(rate) = rate
+        && !(rate > 0.0 && rate <= 100_000.0)
+    {
+        eprintln!("error: --rate {rate}: must be in (0, 100000]");
+        return ExitCode::from(2);
+    }
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        eprintln!("error: --seconds {seconds}: must be in (0, 600]");
+        return ExitCode::from(2);
+    }
+    if concurrency == 0 || concurrency > 1024 {
+        eprintln!("error: --concurrency {concurrency}: must be 1..=1024");
+        return ExitCode::from(2);
+    }
+    let result = runtime(2).and_then(|rt| {
+        let phase = rt.block_on(feeds::bench::load_once(
+            addr,
+            kb,
+            concurrency,
+            Duration::from_secs_f64(seconds),
+            tenant,
+            rate,
+        ))?;
+        println!("{}", phase.summary());
+        Ok(())
+    });
     exit(result)
 }
 

@@ -44,11 +44,13 @@ fn bench_smoke_writes_a_complete_report() {
         [
             "monolith",
             "five-pod",
+            "five-pod-eager",
             "mixed",
             "per-tenant-default",
             "per-tenant-lite",
             "monolith-lite",
-            "echo-chain"
+            "echo-chain",
+            "echo-one-hop"
         ]
     );
     for c in configs {
@@ -66,8 +68,19 @@ fn bench_smoke_writes_a_complete_report() {
         assert_eq!(c["errors"].as_object().map(|e| e.len()), Some(0), "{c}");
     }
     let targets = json["targets"].as_array().expect("targets");
-    // The eight of before and the two per-tenant rows.
-    assert_eq!(targets.len(), 10, "{targets:?}");
+    let named = |what: &str| {
+        targets
+            .iter()
+            .filter(|t| t["name"].as_str().is_some_and(|n| n.contains(what)))
+            .count()
+    };
+    // The smoke run has one payload (4 KB): one framework row each, no
+    // split row (that compares 16 and 64 KB), and the rows of before.
+    assert_eq!(named("monolith framework cost"), 1, "{targets:?}");
+    assert_eq!(named("five-pod framework cost"), 1, "{targets:?}");
+    assert_eq!(named("local hop"), 2, "{targets:?}");
+    assert_eq!(named("per-tenant"), 2, "{targets:?}");
+    assert_eq!(targets.len(), 9, "{targets:?}");
     assert!(
         json["rss"]
             .as_array()
@@ -77,4 +90,5 @@ fn bench_smoke_writes_a_complete_report() {
     );
     let md = std::fs::read_to_string(out.join("report.md")).expect("report");
     assert!(md.contains("## Targets") && md.contains("echo-chain"));
+    assert!(md.contains("## Framework cost") && md.contains("| 4 KB |"));
 }

@@ -25,7 +25,8 @@ pub struct Phase {
     /// Latency percentiles in milliseconds: p50, p90, p99, p99.9.
     pub latency_ms: [f64; 4],
     /// Each stage's own CPU per request, µs (mean over the phase's
-    /// successful requests; empty when the server reports no timings).
+    /// successful requests that asked for it; empty when the server reports
+    /// no timings).
     pub stage_self_us: BTreeMap<String, f64>,
 }
 
@@ -33,6 +34,18 @@ impl Phase {
     /// Completed requests per second.
     pub fn throughput(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1e-9)
+    }
+
+    /// One line: requests, throughput, latency percentiles, errors.
+    pub fn summary(&self) -> String {
+        let [p50, p90, p99, p999] = self.latency_ms;
+        format!(
+            "{} requests in {:.1} s ({:.0}/s); latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} p99.9 {p999:.2}; errors {:?}",
+            self.requests,
+            self.seconds,
+            self.throughput(),
+            self.errors
+        )
     }
 }
 
@@ -44,7 +57,12 @@ fn histogram() -> Histogram<u64> {
 /// Per-stage own time summed over successful calls, and their count.
 type Timings = (BTreeMap<String, f64>, u64);
 
+/// Adds one answer's timings; answers to requests that did not explain
+/// carry none and are not counted.
 fn add_timings(into: &mut Timings, timings: &[pb::StageTiming]) {
+    if timings.is_empty() {
+        return;
+    }
     for t in timings {
         *into.0.entry(t.stage.clone()).or_insert(0.0) += t.self_us as f64;
     }

@@ -117,7 +117,7 @@ impl Settings {
                 ..base
             },
             Mode::Full => Settings {
-                sweep: vec![(50_000, vec![1, 4, 16, 64, 256]), (10_000, vec![16])],
+                sweep: vec![(50_000, vec![1, 4, 16, 64, 256, 1024]), (10_000, vec![16])],
                 ..base
             },
         }
@@ -281,6 +281,17 @@ struct Row {
     launches: Vec<Launch>,
     /// Sent as `x-tenant`.
     tenant: Option<&'static str>,
+    /// Environment of its processes on top of the bench's own.
+    env: Vec<(String, String)>,
+}
+
+/// The row that runs five-pod with `process.pass_through = false`: every hop
+/// decodes the user context and encodes it again, as before pass-through.
+pub const FIVE_POD_EAGER: &str = "five-pod-eager";
+
+/// Rows of the bare-tonic baselines.
+fn is_echo_row(name: &str) -> bool {
+    name.starts_with("echo")
 }
 
 /// `n` distinct loopback ports the OS picks.
@@ -323,7 +334,21 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             name: name.to_owned(),
             launches,
             tenant: None,
+            env: Vec::new(),
         });
+    }
+    // Five-pod again with pass-through off, so one run shows both.
+    if let Some(five) = out.iter().find(|r| r.name == "five-pod") {
+        let launches = five.launches.clone();
+        out.insert(
+            2,
+            Row {
+                name: FIVE_POD_EAGER.to_owned(),
+                launches,
+                tenant: None,
+                env: vec![("FEEDS__PROCESS__PASS_THROUGH".into(), "false".into())],
+            },
+        );
     }
     // The per-tenant deployment under `lite` traffic, which it serves
     // in-process, and the monolith under the same traffic as its reference.
@@ -340,10 +365,12 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             name: name.to_owned(),
             launches,
             tenant,
+            env: Vec::new(),
         });
     }
-    // The echo chain, one process per stage in chain order, on free ports.
-    let ports = free_ports(Stage::ALL.len())?;
+    // The echo chain, one process per stage in chain order, on free ports,
+    // and the one-hop echo (business alone) after it.
+    let ports = free_ports(Stage::ALL.len() + 1)?;
     let port = |i: usize| ports[i];
     let echo = Stage::ALL
         .iter()
@@ -373,12 +400,36 @@ fn topologies(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         name: "echo-chain".to_owned(),
         launches: echo,
         tenant: None,
+        env: Vec::new(),
+    });
+    let listen = SocketAddr::from(([127, 0, 0, 1], port(Stage::ALL.len())));
+    out.push(Row {
+        name: "echo-one-hop".to_owned(),
+        launches: vec![Launch {
+            label: PathBuf::from("echo/one-hop"),
+            args: vec![
+                "echo".into(),
+                "--stage".into(),
+                Stage::Business.name().into(),
+                "--listen".into(),
+                listen.to_string().into(),
+            ],
+            listen,
+            entry: true,
+        }],
+        tenant: None,
+        env: Vec::new(),
     });
     Ok(out)
 }
 
+/// One request in this many asks the stages for their own time.
+pub const EXPLAIN_EVERY: u32 = 8;
+
 /// The request set: 200 users, a page of 20, `kb` KB of context blob. With
-/// `explain`, every stage reports its own CPU time (a few clock reads each).
+/// `explain`, every [`EXPLAIN_EVERY`]th request asks every stage to report
+/// its own CPU time: a sample is enough for the mean, and explaining costs
+/// clock reads and a longer answer that production requests do not pay.
 fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
     (0..200u32)
         .map(|i| pb::GetFeedRequest {
@@ -398,7 +449,7 @@ fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
                 blob: vec![(i % 251) as u8; kb * 1024].into(),
                 ..Default::default()
             })),
-            explain,
+            explain: explain && i % EXPLAIN_EVERY == 0,
         })
         .collect()
 }
@@ -441,6 +492,27 @@ fn delta(after: &[Duration], before: &[Duration]) -> Vec<f64> {
         .collect()
 }
 
+/// `feeds load`: the bench's request set at `kb` KB against `addr` for
+/// `duration`: closed loop with `concurrency` clients, or open loop at
+/// `rate` requests per second.
+pub async fn load_once(
+    addr: SocketAddr,
+    kb: usize,
+    concurrency: usize,
+    duration: Duration,
+    tenant: Option<String>,
+    rate: Option<f64>,
+) -> Result<Phase, BenchError> {
+    let clients = clients(addr, concurrency.min(4)).await?;
+    // The tenant header needs a `'static` value; one per process run.
+    let tenant: Option<&'static str> = tenant.map(|t| &*Box::leak(t.into_boxed_str()));
+    let requests = Arc::new(requests(kb, 10_000, false));
+    Ok(match rate {
+        Some(rate) => load::open_loop(&clients, tenant, requests, rate, duration).await,
+        None => load::closed_loop(&clients, tenant, requests, concurrency, duration).await,
+    })
+}
+
 /// Runs the whole bench and returns the report (not yet written).
 pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -472,12 +544,14 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             name,
             launches,
             tenant,
+            env,
         } in &topologies
         {
             bar.set_message(format!("{name}, {items} items: starting"));
             let processes = launches.len();
             let workers = (settings.worker_budget / processes).max(1);
-            let envs = vec![
+            let mut envs = env.clone();
+            envs.extend([
                 ("RUST_LOG".to_owned(), "warn".to_owned()),
                 ("FEEDS__WORLD__ITEMS".to_owned(), items.to_string()),
                 ("FEEDS__WORLD__USERS".to_owned(), settings.users.to_string()),
@@ -485,7 +559,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     "FEEDS__PROCESS__WORKER_THREADS".to_owned(),
                     workers.to_string(),
                 ),
-            ];
+            ]);
             let running =
                 topology::launch(&opts.exe, launches.clone(), &envs, Duration::from_secs(600))
                     .await?;
@@ -499,7 +573,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             };
             for kb in &payloads {
                 bar.set_message(format!("{name}, {items} items, {kb} KB"));
-                let echo = name == "echo-chain";
+                let echo = is_echo_row(name);
                 let requests = Arc::new(requests(*kb, settings.users, !echo));
                 load::closed_loop(
                     &clients,
