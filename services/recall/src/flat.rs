@@ -7,10 +7,12 @@
 //! gets exactly the same scores, and the loops below compile to packed
 //! multiply-adds (`pmaddwd`) on any x86-64. The ranking is by those integer
 //! scores (ties by item id), and the similarity callers see is the integer
-//! score scaled back ([`similarity`]): within `5e-4` of the `f32` dot
-//! product, so near-ties at the cut may fall the other way than an `f32`
-//! search would put them (`cargo bench -p recall` prints the recall@500
-//! against exact `f32` search).
+//! score scaled back ([`similarity`]). Each code is within `2^-15` of its
+//! coordinate, so for unit vectors that is at most `sqrt(dims) * 2^-14`
+//! from the exact dot product (under `5e-4` at 64 dims): only near-ties at
+//! the cut may fall the other way than an `f32` search would put them
+//! (`cargo bench -p recall` prints the recall@500 against exact `f32`
+//! search).
 //!
 //! Blocks by category make the tenant's category filter free (a disallowed
 //! category is never read) and make a per-category floor exact: every
@@ -364,7 +366,8 @@ impl FlatIndex {
     }
 
     /// Up to `k` items nearest `query` (a unit vector) with their
-    /// [`similarity`], best first (ties by id), from the categories in
+    /// similarity (the integer score of the codes scaled by `2^-28`), best
+    /// first by that score (ties by id), from the categories in
     /// `allowed`, skipping items for which `skip` is true. Every allowed
     /// category contributes at least its `floor` nearest items (when it has
     /// them and `k` leaves room), so the result spans the allowed
