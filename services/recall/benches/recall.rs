@@ -106,7 +106,7 @@ fn bench(c: &mut Criterion) {
         let q = world.user_embedding(*u).expect("known user");
         let truth: HashSet<u64> = exact(&world, q, K).into_iter().map(|x| x.0).collect();
         flat_hits += flat
-            .search(&world, q, K, 0, &all, |_| false)
+            .search(q, K, 0, &all, |_| false)
             .iter()
             .filter(|x| truth.contains(&x.0))
             .count();
@@ -159,7 +159,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("ann/flat_k500", |b| {
         b.iter(|| {
             i = (i + 1) % vectors.len();
-            black_box(flat.search(&world, vectors[i], K, 0, &all, |_| false))
+            black_box(flat.search(vectors[i], K, 0, &all, |_| false))
         })
     });
     let mut i = 0;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use world::World;
 use world::progress::Progress;
 
-use crate::flat::{FlatIndex, best_positions, score_rows, sort_scored};
+use crate::flat::{FlatIndex, best_positions, sort_scored};
 use crate::index::{
     FileSum, IndexFileError, checksum, damaged, file_err, mismatch, read_manifest, write_manifest,
 };
@@ -84,7 +84,7 @@ impl I2iTable {
         let chunk = 256;
         let tasks: Vec<(usize, usize)> = (0..flat.categories())
             .flat_map(|c| {
-                let len = flat.block(c).0.len();
+                let len = flat.block_len(c);
                 (0..len.div_ceil(chunk)).map(move |i| (c, i * chunk))
             })
             .collect();
@@ -101,23 +101,23 @@ impl I2iTable {
                             let Some(&(c, start)) = tasks.get(t) else {
                                 break;
                             };
-                            let (block_ids, codes) = flat.block(c);
-                            let dims = flat.dims();
-                            let end = (start + chunk).min(block_ids.len());
+                            let end = (start + chunk).min(flat.block_len(c));
                             for pos in start..end {
-                                let item = block_ids[pos];
-                                let own = &codes[pos * dims..(pos + 1) * dims];
-                                row_scores.clear();
-                                score_rows(codes, own, dims, &mut row_scores);
+                                let own = flat.codes_at(c, pos);
+                                flat.score_block(c, own, &mut row_scores);
                                 let want = neighbours + neighbours / 4 + 8;
+                                let Some(item) = flat.id_at(c, pos) else {
+                                    continue;
+                                };
                                 let Some(e) = world.item_embedding(u64::from(item)) else {
                                     continue;
                                 };
                                 let mut found: Vec<(u64, f32)> =
-                                    best_positions(row_scores.iter().copied(), want + 1)
+                                    best_positions(&row_scores, want + 1)
                                         .into_iter()
                                         .filter(|p| *p != pos)
-                                        .map(|p| u64::from(block_ids[p]))
+                                        .filter_map(|p| flat.id_at(c, p))
+                                        .map(u64::from)
                                         .filter_map(|id| {
                                             world.item_embedding(id).map(|o| (id, world::dot(e, o)))
                                         })

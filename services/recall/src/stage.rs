@@ -377,7 +377,6 @@ impl RecallStage {
     fn nearest(&self, v: &[f32], room: usize, allowed: &Allowed<'_>) -> Vec<(u64, f32)> {
         match &self.hnsw {
             None => self.flat.search(
-                &self.world,
                 v,
                 room,
                 self.config.category_floor as usize,
