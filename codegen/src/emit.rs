@@ -285,6 +285,12 @@ fn stage(
         };
         let call_fn = format_ident!("{snake}_{}", m.name);
         let path = format!("/{full}/{proto_method}");
+        let info = format_ident!(
+            "{}",
+            format!("{snake}_{}_INFO", m.name).to_ascii_uppercase()
+        );
+        let request_name = m.input_proto_type.trim_start_matches('.').to_owned();
+        let response_name = m.output_proto_type.trim_start_matches('.').to_owned();
         let unimplemented = format!("{full}.{proto_method}: test stand-in");
         helpers.push(explain_impls(m, fds, explained)?);
         trait_methods.push(quote! {
@@ -306,8 +312,13 @@ fn stage(
                 // The table the call starts with serves it to the end.
                 let table = self.router.current();
                 Box::pin(async move {
-                    let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-                    target.stub.#method(cx, request).await
+                    let (target, shadow) = table.pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+                    match shadow {
+                        None => target.stub.#method(cx, request).await,
+                        Some(shadow) => {
+                            crate::shadow::call(table.shadows(), &#info, cx, request, target, shadow, #call_fn).await
+                        }
+                    }
                 })
             },
         ));
@@ -332,6 +343,14 @@ fn stage(
             }
         });
         helpers.push(quote! {
+            /// What the runtime knows of the method beyond its types.
+            static #info: crate::stack::MethodInfo = crate::stack::MethodInfo {
+                stage: Stage::#name,
+                path: #path,
+                request: #request_name,
+                response: #response_name,
+            };
+
             /// Calls `imp`'s method: what the local and server stacks end in.
             fn #call_fn<'a>(
                 imp: &'a (dyn #name + 'static),

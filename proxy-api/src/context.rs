@@ -57,6 +57,8 @@ struct Shared {
     path: Mutex<Vec<String>>,
     /// Whether the request carries the stress tag (read once).
     stress: bool,
+    /// Whether it is a shadow copy (`x-tandem-shadow`, read once).
+    shadow: bool,
 }
 
 impl Shared {
@@ -66,11 +68,15 @@ impl Shared {
                 && v.to_str()
                     .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
         });
+        let shadow = headers
+            .iter()
+            .any(|(k, _)| k.as_str() == crate::route::SHADOW);
         Self {
             headers,
             timings: Mutex::default(),
             path: Mutex::default(),
             stress,
+            shadow,
         }
     }
 }
@@ -265,6 +271,41 @@ impl Cx {
     /// Whether the request carries the stress tag (`x-tandem-stress`).
     pub fn is_stress(&self) -> bool {
         self.shared.stress
+    }
+
+    /// Whether the request is a shadow copy (`x-tandem-shadow`): its answer
+    /// is only compared, never returned, and it is never shadowed again.
+    pub fn is_shadow(&self) -> bool {
+        self.shared.shadow
+    }
+
+    /// The traffic kind metrics label this call with: 0 live, 1 stress,
+    /// 2 shadow.
+    pub(crate) fn traffic(&self) -> usize {
+        match (self.shared.shadow, self.shared.stress) {
+            (true, _) => 2,
+            (false, true) => 1,
+            (false, false) => 0,
+        }
+    }
+
+    /// A context for a shadow copy of this call, made off the request path:
+    /// the same headers plus `x-tandem-shadow`, its own `deadline`, and
+    /// nothing that belongs to the original call (its timer, its explain
+    /// timings and path).
+    pub(crate) fn shadow_copy(&self, deadline: Instant) -> Cx {
+        let mut headers = self.shared.headers.clone();
+        headers.push((
+            HeaderName::from_static(crate::route::SHADOW),
+            HeaderValue::from_static("1"),
+        ));
+        Cx {
+            shared: Arc::new(Shared::new(headers)),
+            deadline: Some(deadline),
+            trace: None,
+            bounded: false,
+            timer: None,
+        }
     }
 
     /// Records the target that served `stage` (`explain` only).

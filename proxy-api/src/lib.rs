@@ -32,6 +32,10 @@
 //!   by the adapters while explaining.
 //! - `passthrough`: [`PassThrough`], the user context carried as the bytes
 //!   that arrived until a stage reads it.
+//! - `diff`: [`diff::Differ`], field-level comparison of two answers driven
+//!   by the descriptor set, and the noise filter's [`diff::Verdict`].
+//! - `shadow`: [`shadow::Shadows`], copies of routed calls sent to a second
+//!   target off the request path and compared with the served answers.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
@@ -39,6 +43,7 @@
 mod balance;
 pub mod codec;
 pub mod context;
+pub mod diff;
 mod error;
 mod factory;
 pub mod observe;
@@ -47,6 +52,7 @@ mod registry;
 mod remote;
 pub mod route;
 pub mod server;
+pub mod shadow;
 mod slot;
 pub mod stack;
 mod timing;

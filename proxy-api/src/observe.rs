@@ -43,7 +43,8 @@ const BUCKETS: [f64; 16] = [
 
 /// Label names of the counters (histograms drop `grpc_code`). `target` is
 /// the route target that served a client call (`local` or a pool; empty on
-/// the server side), `traffic` is `stress` for stress-tagged calls, else `live`.
+/// the server side), `traffic` is `shadow` for shadow copies, `stress` for
+/// stress-tagged calls, else `live`.
 const LABELS: [&str; 9] = [
     "grpc_type",
     "grpc_service",
@@ -57,7 +58,7 @@ const LABELS: [&str; 9] = [
 ];
 
 /// The two values of the `traffic` label.
-const TRAFFIC: [&str; 2] = ["live", "stress"];
+const TRAFFIC: [&str; 3] = ["live", "stress", "shadow"];
 
 /// The process's metric families, registered once.
 pub struct Metrics {
@@ -67,6 +68,10 @@ pub struct Metrics {
     degraded: IntCounterVec,
     caps_relaxed: IntCounterVec,
     retries: IntCounterVec,
+    shadow_compared: IntCounterVec,
+    shadow_diff: IntCounterVec,
+    shadow_failed: IntCounterVec,
+    shadow_dropped: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -121,6 +126,28 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
             "Attempts sent again to another endpoint because the first never reached \
              its server (the same encoded bytes), by stage.",
             &["stage"],
+        )?,
+        shadow_compared: plain(
+            "feeds_shadow_compared_total",
+            "Shadow comparisons, by stage, shadow target and kind (candidate: the shadow \
+             against the served answer; noise: the primary against itself).",
+            &["stage", "target", "kind"],
+        )?,
+        shadow_diff: plain(
+            "feeds_shadow_diff_total",
+            "Shadow comparisons in which a field differed, by stage, shadow target, field and kind.",
+            &["stage", "target", "field", "kind"],
+        )?,
+        shadow_failed: plain(
+            "feeds_shadow_failed_total",
+            "Shadow copies whose call failed while the served call succeeded.",
+            &["stage", "target"],
+        )?,
+        shadow_dropped: plain(
+            "feeds_shadow_dropped_total",
+            "Shadow copies not made or not finished, by stage and reason \
+             (shadow_unhealthy, queue_full, deadline, primary_failed).",
+            &["stage", "reason"],
         )?,
         client_handled: counter(
             "grpc_client_handled_total",
@@ -207,9 +234,9 @@ pub struct Site {
     name: String,
     /// The route target label.
     target: &'static str,
-    /// The OK counter and the histogram, live and stress, resolved once (the hot path).
-    ok: [Option<IntCounter>; 2],
-    seconds: [Option<Histogram>; 2],
+    /// The OK counter and the histogram per traffic kind, resolved once (the hot path).
+    ok: [Option<IntCounter>; 3],
+    seconds: [Option<Histogram>; 3],
 }
 
 impl Site {
@@ -269,8 +296,9 @@ impl Site {
         }
     }
 
-    pub(crate) fn record(&self, code: tonic::Code, started: Instant, stress: bool) {
-        let t = usize::from(stress);
+    /// Counts and times one call of traffic kind `t` (see [`crate::Cx::traffic`]).
+    pub(crate) fn record(&self, code: tonic::Code, started: Instant, t: usize) {
+        let t = t.min(TRAFFIC.len() - 1);
         if let Some(h) = &self.seconds[t] {
             h.observe(started.elapsed().as_secs_f64());
         }
@@ -385,6 +413,46 @@ pub(crate) fn count_fallback(stage: Stage, from: &str, to: &str) {
 pub(crate) fn count_retry(stage: Stage) {
     if let Some(m) = METRICS.as_ref()
         && let Ok(c) = m.retries.get_metric_with_label_values(&[stage.name()])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one shadow comparison (`fields` differed; `None`: the copy failed).
+pub(crate) fn count_shadow(stage: &str, target: &str, noise: bool, fields: Option<&[String]>) {
+    let Some(m) = METRICS.as_ref() else { return };
+    let kind = if noise { "noise" } else { "candidate" };
+    let Some(fields) = fields else {
+        if let Ok(c) = m
+            .shadow_failed
+            .get_metric_with_label_values(&[stage, target])
+        {
+            c.inc();
+        }
+        return;
+    };
+    if let Ok(c) = m
+        .shadow_compared
+        .get_metric_with_label_values(&[stage, target, kind])
+    {
+        c.inc();
+    }
+    for f in fields {
+        if let Ok(c) = m
+            .shadow_diff
+            .get_metric_with_label_values(&[stage, target, f, kind])
+        {
+            c.inc();
+        }
+    }
+}
+
+/// Counts one shadow copy dropped for `reason`.
+pub(crate) fn count_shadow_dropped(stage: &str, reason: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m
+            .shadow_dropped
+            .get_metric_with_label_values(&[stage, reason])
     {
         c.inc();
     }
@@ -572,8 +640,8 @@ mod tests {
     #[test]
     fn sites_count_by_code() {
         let site = Site::new(Side::Client, "local", Stage::Split, "Split", "local");
-        site.record(tonic::Code::Ok, Instant::now(), false);
-        site.record(tonic::Code::NotFound, Instant::now(), true);
+        site.record(tonic::Code::Ok, Instant::now(), 0);
+        site.record(tonic::Code::NotFound, Instant::now(), 1);
         let text = render();
         assert!(text.contains("grpc_client_handled_total{binding=\"local\",callee=\"split\",caller=\"business\",grpc_code=\"OK\",grpc_method=\"Split\",grpc_service=\"feeds.v1.Split\",grpc_type=\"unary\",target=\"local\",traffic=\"live\"}"), "{text}");
         assert!(text.contains("traffic=\"stress\""), "{text}");

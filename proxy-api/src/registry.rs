@@ -149,7 +149,7 @@ impl Registry {
         limits: Limits,
     ) -> Result<Vec<String>, RegistryError> {
         let (slots, options) = self.slots_mut();
-        let options = *options;
+        let options = options.clone();
         slots
             .into_iter()
             .find(|slot| slot.stage() == stage)
@@ -166,7 +166,7 @@ impl Registry {
         pools: &std::collections::BTreeMap<String, RemoteConfig>,
         limits: Limits,
     ) -> Result<Vec<String>, RegistryError> {
-        let options = *self.options();
+        let options = self.options().clone();
         self.slots()
             .into_iter()
             .find(|slot| slot.stage() == stage)

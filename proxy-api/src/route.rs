@@ -26,6 +26,8 @@ use crate::{Balancer, ConfigError, Cx, Stage};
 pub const DYE: &str = "x-tandem-dye";
 /// Metadata key of the stress tag: load-test traffic.
 pub const STRESS: &str = "x-tandem-stress";
+/// Metadata key that marks a shadow copy of a request.
+pub const SHADOW: &str = "x-tandem-shadow";
 /// Response metadata listing the target that served each hop (`--explain`).
 pub const PATH: &str = "x-tandem-path";
 /// The name of the in-process target.
@@ -56,6 +58,33 @@ pub struct RouteRule {
     /// Where a request goes when its target has no healthy endpoint;
     /// default: the stage's default target.
     pub fallback: Option<String>,
+    /// Also send a sample of the matching requests to another target, off
+    /// the request path, and compare its answers with the served ones.
+    pub shadow: Option<ShadowRule>,
+}
+
+/// A rule's shadow: which target gets copies of its requests, how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowRule {
+    /// `local` or a pool name; never the target that served the request.
+    pub target: String,
+    /// Fraction of the matching requests copied (0..=1).
+    pub rate: f64,
+    /// Fraction of the copied requests whose primary is also called a
+    /// second time, to measure how much the primary disagrees with itself
+    /// (the noise the comparison filters out; 0..=1).
+    pub noise: f64,
+}
+
+impl Default for ShadowRule {
+    fn default() -> Self {
+        Self {
+            target: String::new(),
+            rate: 1.0,
+            noise: 0.1,
+        }
+    }
 }
 
 impl Default for RouteRule {
@@ -69,6 +98,7 @@ impl Default for RouteRule {
             split: Vec::new(),
             sticky: true,
             fallback: None,
+            shadow: None,
         }
     }
 }
@@ -137,6 +167,17 @@ impl RouteRule {
         if let Some(f) = &self.fallback {
             known(format!("{prefix}.fallback"), f)?;
         }
+        if let Some(s) = &self.shadow {
+            known(format!("{prefix}.shadow.target"), &s.target)?;
+            for (key, v) in [("rate", s.rate), ("noise", s.noise)] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::new(
+                        format!("{prefix}.shadow.{key}"),
+                        format!("{v} is not a fraction (0..=1)"),
+                    ));
+                }
+            }
+        }
         for (key, value) in [("tenant", &self.tenant), ("dye", &self.dye)] {
             if value.as_deref() == Some("") {
                 return Err(ConfigError::new(
@@ -160,7 +201,9 @@ pub struct Target<T: ?Sized> {
 }
 
 impl<T: ?Sized> Target<T> {
-    fn healthy(&self) -> bool {
+    /// Whether it can be called: `local`, or a pool with an endpoint that
+    /// answers its health probe.
+    pub(crate) fn healthy(&self) -> bool {
         self.balancer.as_ref().is_none_or(|b| b.reachable())
     }
 }
@@ -186,6 +229,17 @@ struct Compiled {
     users: HashSet<String>,
     pick: Pick,
     fallback: usize,
+    /// The shadow target, the copied fraction and the noise fraction, in
+    /// millionths.
+    shadow: Option<(usize, u64, u64)>,
+}
+
+/// A call's shadow copy, when its rule has one and the sample says so.
+pub struct ShadowPick<'t, T: ?Sized> {
+    /// Where the copy goes.
+    pub target: &'t Target<T>,
+    /// Whether the primary is also called again, to measure its noise.
+    pub noise: bool,
 }
 
 impl Compiled {
@@ -212,6 +266,8 @@ pub struct Table<T: ?Sized> {
     rules: Vec<Compiled>,
     /// The target when no rule matches.
     default: usize,
+    /// Where copies for the rules' shadows go.
+    shadows: Arc<crate::shadow::Shadows>,
 }
 
 impl<T: ?Sized> Table<T> {
@@ -219,6 +275,16 @@ impl<T: ?Sized> Table<T> {
     /// [`RouteRule::validate`]); the default target is `local` if present,
     /// else the `default` pool.
     pub fn new(stage: Stage, targets: Vec<Target<T>>, rules: &[RouteRule]) -> Self {
+        Self::with_shadows(stage, targets, rules, Arc::default())
+    }
+
+    /// As [`Table::new`], with the process's shadow runtime.
+    pub fn with_shadows(
+        stage: Stage,
+        targets: Vec<Target<T>>,
+        rules: &[RouteRule],
+        shadows: Arc<crate::shadow::Shadows>,
+    ) -> Self {
         let index = |name: &str| targets.iter().position(|t| t.name == name);
         let default = index(LOCAL).or_else(|| index(DEFAULT_POOL)).unwrap_or(0);
         let rules = rules
@@ -251,6 +317,10 @@ impl<T: ?Sized> Table<T> {
                     users: r.users.iter().cloned().collect(),
                     pick,
                     fallback: r.fallback.as_deref().and_then(index).unwrap_or(default),
+                    shadow: r.shadow.as_ref().and_then(|s| {
+                        let millionths = |f: f64| (f * BUCKETS as f64).round() as u64;
+                        Some((index(&s.target)?, millionths(s.rate), millionths(s.noise)))
+                    }),
                 }
             })
             .collect();
@@ -259,12 +329,44 @@ impl<T: ?Sized> Table<T> {
             targets,
             rules,
             default,
+            shadows,
         }
+    }
+
+    /// The shadow runtime copies of this table's calls go to.
+    pub fn shadows(&self) -> &Arc<crate::shadow::Shadows> {
+        &self.shadows
     }
 
     /// The target for a call in `cx` for `user`, after health fallback.
     pub fn pick(&self, cx: &Cx, user: &str) -> &Target<T> {
-        let (chosen, fallback) = match self.rules.iter().find(|r| r.matches(cx, user)) {
+        self.pick_with_shadow(cx, user).0
+    }
+
+    /// The target for a call in `cx` for `user`, after health fallback, and
+    /// the shadow copy's, if the matching rule has a shadow, the sample
+    /// takes this call, the shadow is not the target that serves it, and
+    /// the call is not itself a shadow copy.
+    pub fn pick_with_shadow(&self, cx: &Cx, user: &str) -> (&Target<T>, Option<ShadowPick<'_, T>>) {
+        let rule = self.rules.iter().find(|r| r.matches(cx, user));
+        let target = self.target_of(rule, user);
+        let shadow = rule
+            .and_then(|r| r.shadow)
+            .filter(|_| !cx.is_shadow())
+            .and_then(|(i, rate, noise)| {
+                let draw = crate::observe::random_u64();
+                let shadowed = draw % BUCKETS < rate;
+                let other = &self.targets[i];
+                (shadowed && !std::ptr::eq(other, target)).then_some(ShadowPick {
+                    target: other,
+                    noise: (draw >> 32) % BUCKETS < noise,
+                })
+            });
+        (target, shadow)
+    }
+
+    fn target_of(&self, rule: Option<&Compiled>, user: &str) -> &Target<T> {
+        let (chosen, fallback) = match rule {
             None => (self.default, self.default),
             Some(rule) => {
                 let chosen = match &rule.pick {
@@ -335,7 +437,7 @@ impl<T: ?Sized> Table<T> {
                 }
             };
             out.push(format!(
-                "{}[{i}]: {} -> {to}{}",
+                "{}[{i}]: {} -> {to}{}{}",
                 self.stage.name(),
                 if when.is_empty() {
                     "any".to_owned()
@@ -345,6 +447,15 @@ impl<T: ?Sized> Table<T> {
                 r.fallback
                     .as_ref()
                     .map(|f| format!(", fallback {f}"))
+                    .unwrap_or_default(),
+                r.shadow
+                    .as_ref()
+                    .map(|s| format!(
+                        ", shadow {} ({:.0}% of calls, noise {:.0}%)",
+                        s.target,
+                        s.rate * 100.0,
+                        s.noise * 100.0
+                    ))
                     .unwrap_or_default()
             ));
         }

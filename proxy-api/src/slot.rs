@@ -396,5 +396,10 @@ fn table<S: Service>(
         stub: S::remote(Arc::clone(balancer), name, options),
         balancer: Some(Arc::clone(balancer)),
     });
-    Table::new(S::STAGE, local.into_iter().chain(remote).collect(), rules)
+    Table::with_shadows(
+        S::STAGE,
+        local.into_iter().chain(remote).collect(),
+        rules,
+        std::sync::Arc::clone(&options.shadows),
+    )
 }

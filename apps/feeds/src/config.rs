@@ -33,6 +33,9 @@ config_with_stages! {
         /// Per stage, the ordered rules that pick where each call to it
         /// goes (`local` or a pool); reloaded on SIGHUP.
         pub routes: BTreeMap<String, Vec<RouteRule>>,
+        /// How shadow copies (a route rule's `shadow`) are bounded,
+        /// compared and logged.
+        pub shadow: proxy_api::shadow::ShadowConfig,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -370,6 +373,7 @@ impl Config {
                 format!("{:?} is not a valid filter: {e}", self.telemetry.log_filter),
             ));
         }
+        self.shadow.validate()?;
         let otlp = &self.telemetry.otlp_endpoint;
         if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
             return Err(ConfigError::new(

@@ -16,6 +16,8 @@
 //! - `telemetry`: logs (text or JSON), OTLP span export, the metrics endpoint.
 //! - `query`: `feeds query`: one `GetFeed` call, printed as a table or JSON.
 //! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
+//! - `diff_report`: `feeds diff-report`: a process's shadow comparisons and
+//!   their verdicts, from its metrics endpoint.
 //!
 //! The lab (feature `lab`, on by default; these name stage crates directly
 //! for their offline work):
@@ -29,6 +31,7 @@ mod stages;
 #[cfg(feature = "lab")]
 pub mod bench;
 mod config;
+mod diff_report;
 #[cfg(feature = "lab")]
 mod echo;
 #[cfg(feature = "lab")]
@@ -44,6 +47,7 @@ pub use config::{
     Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan, TelemetryConfig,
     figment, load,
 };
+pub use diff_report::{DiffReportError, fetch as fetch_diff_report, table as diff_table};
 #[cfg(feature = "lab")]
 pub use echo::run_echo;
 #[cfg(feature = "lab")]

@@ -141,6 +141,17 @@ enum Command {
     #[cfg(feature = "lab")]
     /// Write the world to files (load them back with world.dir).
     World(OutputArgs),
+    /// What a process's shadow copies found: per stage, shadow target and
+    /// field, comparisons, raw and noise difference rates, and the verdict
+    /// (read from the process's metrics endpoint, `GET /shadow`).
+    DiffReport {
+        /// The metrics endpoint (`telemetry.metrics_listen`), http://host:port.
+        #[arg(long)]
+        addr: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call Business.GetFeed and print the page.
     Query {
         /// Address of a process serving Business.
@@ -240,6 +251,7 @@ fn main() -> ExitCode {
             listen,
             next,
         } => echo(&stage, listen, next),
+        Command::DiffReport { addr, json } => diff_report(&addr, json),
         Command::Query {
             addr,
             user,
@@ -277,6 +289,18 @@ fn main() -> ExitCode {
             free_ports,
         ),
     }
+}
+
+fn diff_report(addr: &str, json: bool) -> ExitCode {
+    let result = runtime(1).and_then(|rt| {
+        let report = rt.block_on(feeds::fetch_diff_report(addr))?;
+        match json {
+            true => println!("{}", serde_json::to_string_pretty(&report)?),
+            false => print!("{}", feeds::diff_table(&report)),
+        }
+        Ok(())
+    });
+    exit(result)
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -157,7 +157,8 @@ where
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
         }
-        tokio::spawn(crate::telemetry::serve_metrics(l, async move {
+        let shadows = std::sync::Arc::clone(&registry.options().shadows);
+        tokio::spawn(crate::telemetry::serve_metrics(l, shadows, async move {
             let _ = metrics_stopped.await;
         }))
     });

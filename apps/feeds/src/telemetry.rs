@@ -125,9 +125,12 @@ pub fn bind_metrics(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
-/// Serves `GET /metrics` (Prometheus text format) until `shutdown` resolves.
+/// Serves `GET /metrics` (Prometheus text format) and `GET /shadow` (the
+/// shadow comparisons with their verdicts, JSON: what `feeds diff-report`
+/// prints) until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,
+    shadows: std::sync::Arc<proxy_api::shadow::Shadows>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     async fn metrics() -> impl axum::response::IntoResponse {
@@ -139,7 +142,18 @@ pub async fn serve_metrics(
             proxy_api::observe::render(),
         )
     }
-    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics));
+    let report = move || {
+        let shadows = std::sync::Arc::clone(&shadows);
+        async move {
+            (
+                [(http::header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string_pretty(&shadows.report()).unwrap_or_default(),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/shadow", axum::routing::get(report));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

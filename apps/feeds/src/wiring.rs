@@ -74,8 +74,11 @@ pub fn build_with(
     plan: &Plan,
     world: Option<Arc<World>>,
 ) -> Result<Registry, WiringError> {
+    let shadows =
+        proxy_api::shadow::Shadows::new(config.shadow.clone()).map_err(RegistryError::from)?;
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls: config.telemetry.observe_local_calls,
+        shadows: Arc::new(shadows),
     });
     let limits = config.process.limits;
     for (stage, remote) in &plan.remotes {

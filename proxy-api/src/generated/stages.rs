@@ -119,8 +119,23 @@ impl Business for BusinessRouted {
     {
         let table = self.router.current();
         Box::pin(async move {
-            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-            target.stub.get_feed(cx, request).await
+            let (target, shadow) = table
+                .pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+            match shadow {
+                None => target.stub.get_feed(cx, request).await,
+                Some(shadow) => {
+                    crate::shadow::call(
+                            table.shadows(),
+                            &BUSINESS_GET_FEED_INFO,
+                            cx,
+                            request,
+                            target,
+                            shadow,
+                            business_get_feed,
+                        )
+                        .await
+                }
+            }
         })
     }
 }
@@ -251,6 +266,13 @@ impl crate::stack::Degraded for crate::pb::GetFeedResponse {
     }
 }
 
+/// What the runtime knows of the method beyond its types.
+static BUSINESS_GET_FEED_INFO: crate::stack::MethodInfo = crate::stack::MethodInfo {
+    stage: Stage::Business,
+    path: "/feeds.v1.Business/GetFeed",
+    request: "feeds.v1.GetFeedRequest",
+    response: "feeds.v1.GetFeedResponse",
+};
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn business_get_feed<'a>(
     imp: &'a (dyn Business + 'static),
@@ -371,8 +393,23 @@ impl Split for SplitRouted {
     {
         let table = self.router.current();
         Box::pin(async move {
-            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-            target.stub.split(cx, request).await
+            let (target, shadow) = table
+                .pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+            match shadow {
+                None => target.stub.split(cx, request).await,
+                Some(shadow) => {
+                    crate::shadow::call(
+                            table.shadows(),
+                            &SPLIT_SPLIT_INFO,
+                            cx,
+                            request,
+                            target,
+                            shadow,
+                            split_split,
+                        )
+                        .await
+                }
+            }
         })
     }
 }
@@ -498,6 +535,13 @@ impl crate::stack::Degraded for crate::pb::SplitResponse {
     }
 }
 
+/// What the runtime knows of the method beyond its types.
+static SPLIT_SPLIT_INFO: crate::stack::MethodInfo = crate::stack::MethodInfo {
+    stage: Stage::Split,
+    path: "/feeds.v1.Split/Split",
+    request: "feeds.v1.SplitRequest",
+    response: "feeds.v1.SplitResponse",
+};
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn split_split<'a>(
     imp: &'a (dyn Split + 'static),
@@ -624,8 +668,23 @@ impl Rerank for RerankRouted {
     {
         let table = self.router.current();
         Box::pin(async move {
-            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-            target.stub.rerank(cx, request).await
+            let (target, shadow) = table
+                .pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+            match shadow {
+                None => target.stub.rerank(cx, request).await,
+                Some(shadow) => {
+                    crate::shadow::call(
+                            table.shadows(),
+                            &RERANK_RERANK_INFO,
+                            cx,
+                            request,
+                            target,
+                            shadow,
+                            rerank_rerank,
+                        )
+                        .await
+                }
+            }
         })
     }
 }
@@ -753,6 +812,13 @@ impl crate::stack::Degraded for crate::pb::RerankResponse {
     }
 }
 
+/// What the runtime knows of the method beyond its types.
+static RERANK_RERANK_INFO: crate::stack::MethodInfo = crate::stack::MethodInfo {
+    stage: Stage::Rerank,
+    path: "/feeds.v1.Rerank/Rerank",
+    request: "feeds.v1.RerankRequest",
+    response: "feeds.v1.RerankResponse",
+};
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn rerank_rerank<'a>(
     imp: &'a (dyn Rerank + 'static),
@@ -876,8 +942,23 @@ impl FineRank for FineRankRouted {
     {
         let table = self.router.current();
         Box::pin(async move {
-            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-            target.stub.rank(cx, request).await
+            let (target, shadow) = table
+                .pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+            match shadow {
+                None => target.stub.rank(cx, request).await,
+                Some(shadow) => {
+                    crate::shadow::call(
+                            table.shadows(),
+                            &FINE_RANK_RANK_INFO,
+                            cx,
+                            request,
+                            target,
+                            shadow,
+                            fine_rank_rank,
+                        )
+                        .await
+                }
+            }
         })
     }
 }
@@ -1008,6 +1089,13 @@ impl crate::stack::Degraded for crate::pb::RankResponse {
     }
 }
 
+/// What the runtime knows of the method beyond its types.
+static FINE_RANK_RANK_INFO: crate::stack::MethodInfo = crate::stack::MethodInfo {
+    stage: Stage::FineRank,
+    path: "/feeds.v1.FineRank/Rank",
+    request: "feeds.v1.RankRequest",
+    response: "feeds.v1.RankResponse",
+};
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn fine_rank_rank<'a>(
     imp: &'a (dyn FineRank + 'static),
@@ -1134,8 +1222,23 @@ impl Recall for RecallRouted {
     {
         let table = self.router.current();
         Box::pin(async move {
-            let target = table.pick(cx, crate::route::RouteKey::route_key(&request));
-            target.stub.recall(cx, request).await
+            let (target, shadow) = table
+                .pick_with_shadow(cx, crate::route::RouteKey::route_key(&request));
+            match shadow {
+                None => target.stub.recall(cx, request).await,
+                Some(shadow) => {
+                    crate::shadow::call(
+                            table.shadows(),
+                            &RECALL_RECALL_INFO,
+                            cx,
+                            request,
+                            target,
+                            shadow,
+                            recall_recall,
+                        )
+                        .await
+                }
+            }
         })
     }
 }
@@ -1263,6 +1366,13 @@ impl crate::stack::Degraded for crate::pb::RecallResponse {
     }
 }
 
+/// What the runtime knows of the method beyond its types.
+static RECALL_RECALL_INFO: crate::stack::MethodInfo = crate::stack::MethodInfo {
+    stage: Stage::Recall,
+    path: "/feeds.v1.Recall/Recall",
+    request: "feeds.v1.RecallRequest",
+    response: "feeds.v1.RecallResponse",
+};
 /// Calls `imp`'s method: what the local and server stacks end in.
 fn recall_recall<'a>(
     imp: &'a (dyn Recall + 'static),

@@ -54,6 +54,20 @@ pub type BoxCall<'a, R> = Pin<Box<dyn Future<Output = Result<R, Status>> + Send 
 /// One method of an implementation `I`, as a plain function (generated).
 pub type Method<I, M, R> = for<'a> fn(&'a I, &'a Cx, M) -> BoxCall<'a, R>;
 
+/// What the runtime knows of one stage method beyond its types (generated,
+/// one constant per method): for shadow comparisons and recordings.
+#[derive(Debug)]
+pub struct MethodInfo {
+    /// The stage.
+    pub stage: crate::Stage,
+    /// The gRPC path, `/feeds.v1.Recall/Recall`.
+    pub path: &'static str,
+    /// The request message's full name, `feeds.v1.RecallRequest`.
+    pub request: &'static str,
+    /// The response message's full name, `feeds.v1.RecallResponse`.
+    pub response: &'static str,
+}
+
 /// One call as it moves down a stack.
 #[derive(Debug)]
 pub struct Call<'a, M> {
@@ -113,17 +127,21 @@ pub trait Degraded {
 }
 
 /// How the caller-side stacks of one registry behave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RuntimeOptions {
     /// Count, time and trace calls through `local` bindings too; `grpc`
     /// calls are observed either way.
     pub observe_local_calls: bool,
+    /// Where routed calls with a shadow send their copies (one runtime per
+    /// process: its bounds hold for all stages together).
+    pub shadows: std::sync::Arc<crate::shadow::Shadows>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             observe_local_calls: true,
+            shadows: std::sync::Arc::default(),
         }
     }
 }

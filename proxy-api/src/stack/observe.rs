@@ -76,13 +76,13 @@ where
                 inner: call_ref::<S, M>(&this.inner, call),
                 site: None,
                 started: None,
-                stress: false,
+                traffic: 0,
                 span: None,
             };
         };
         let started = Instant::now();
         call.now = Some(started);
-        let stress = call.cx.is_stress();
+        let traffic = call.cx.traffic();
         let (span, trace) = site.span(call.cx);
         if trace.is_some() {
             call.trace = trace;
@@ -95,7 +95,7 @@ where
             inner,
             site: Some(site),
             started: Some(started),
-            stress,
+            traffic,
             span,
         }
     }
@@ -108,8 +108,8 @@ pin_project! {
         inner: F,
         site: Option<&'a Site>,
         started: Option<Instant>,
-        // Stress-tagged traffic is counted apart.
-        stress: bool,
+        // Stress and shadow traffic are counted apart.
+        traffic: usize,
         // Entered on every poll, as `Instrumented` does; `None` when no
         // subscriber records it.
         span: Option<tracing::Span>,
@@ -134,7 +134,7 @@ where
                 Ok(_) => tonic::Code::Ok,
                 Err(status) => status.code(),
             };
-            site.record(code, *started, *this.stress);
+            site.record(code, *started, *this.traffic);
             if code != tonic::Code::Ok && this.span.is_some() {
                 tracing::debug!(target: "feeds::rpc", code = crate::observe::code_name(code), "call failed");
             }

@@ -161,7 +161,27 @@ impl FineRankStage {
             })
             .collect();
         scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+        let explore = self.explore(query, keep)?;
+        if explore > 0 {
+            explore_slots(&mut scored, keep, explore, request_entropy());
+        }
         Ok(self.with_reserve(scored, keep))
+    }
+
+    /// How many of the kept slots this request gives to exploration
+    /// (experiment key `finerank.explore`; 0 by default).
+    fn explore(&self, query: &Query, keep: usize) -> Result<usize, Error> {
+        match query.params.get("finerank.explore") {
+            None => Ok(0),
+            Some(v) => v
+                .parse::<u32>()
+                .map(|n| (n as usize).min(keep))
+                .map_err(|e| Error::BadParam {
+                    key: "finerank.explore",
+                    value: v.clone(),
+                    why: e.to_string(),
+                }),
+        }
     }
 
     /// The best `keep` of `scored` (best first), then the reserve: for every
@@ -191,6 +211,48 @@ impl FineRankStage {
         }
         scored
     }
+}
+
+/// Exploration: `n` random slots among the best `keep` go to random
+/// candidates from beyond them, which take the displaced candidates' scores
+/// (so they reach rerank's page like the items they replace). Each request
+/// explores differently: that is the point, and what makes answers vary
+/// between two identical calls.
+fn explore_slots(scored: &mut [Scored], keep: usize, n: usize, seed: u64) {
+    let keep = keep.min(scored.len());
+    let beyond = scored.len() - keep;
+    if keep == 0 || beyond == 0 {
+        return;
+    }
+    // splitmix64: plenty for choosing slots.
+    let mut state = seed;
+    let mut below = |n: usize| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    };
+    for _ in 0..n.min(beyond) {
+        let slot = below(keep);
+        let pick = keep + below(beyond);
+        let score = scored[slot].score;
+        scored.swap(slot, pick);
+        scored[slot].score = score;
+        scored[slot].channel = "explore".into();
+    }
+}
+
+/// A seed no two requests share.
+fn request_entropy() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 #[proxy_api::async_trait]

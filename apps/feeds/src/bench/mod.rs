@@ -759,6 +759,7 @@ async fn local_hop() -> LocalHop {
     let stub = |observe_local_calls| {
         let mut registry = Registry::with_options(proxy_api::RuntimeOptions {
             observe_local_calls,
+            ..Default::default()
         });
         registry.provide_recall(Arc::new(Nop)).ok()?;
         registry.recall().ok()
