@@ -312,6 +312,20 @@ impl AnnIndex {
                 ),
             ));
         }
+        // Exactly the files the graph loader reads, in the order `save`
+        // lists them: a name from the manifest is never joined to `dir`
+        // unchecked (an absolute or `..` name would be read from anywhere),
+        // and no shard file escapes its checksum.
+        let expected: Vec<String> = (0..want.shards)
+            .flat_map(|i| ["hnsw.graph", "hnsw.data"].map(|ext| format!("shard-{i}.{ext}")))
+            .collect();
+        let listed: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+        if listed != expected {
+            return Err(file_err(
+                &path,
+                format!("lists the files {listed:?}, expected {expected:?}"),
+            ));
+        }
         for sum in &manifest.files {
             let file = dir.join(&sum.name);
             if !file.exists() {
@@ -392,6 +406,47 @@ impl AnnIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_naming_files_elsewhere_is_refused() {
+        // Found by fuzzing: the loader read and checksummed whatever files
+        // the manifest named (`/x` or `../x` too), while the graph loader
+        // read the shard files, which then went unchecked.
+        let world = World::generate(&world::WorldConfig {
+            items: 200,
+            users: 10,
+            categories: 4,
+            dims: 8,
+            ..world::WorldConfig::default()
+        });
+        let params = IndexParams {
+            m: 4,
+            ef_construction: 16,
+            ef_search: 16,
+            shards: 2,
+        };
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("index");
+        AnnIndex::build(&world, params)
+            .save(&dir, &world, params)
+            .expect("save");
+        // The same bytes outside the directory, so only the name differs.
+        std::fs::copy(
+            dir.join("shard-0.hnsw.graph"),
+            root.path().join("outside.hnsw.graph"),
+        )
+        .expect("copy");
+        let manifest = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(
+            &manifest,
+            text.replace("\"shard-0.hnsw.graph\"", "\"../outside.hnsw.graph\""),
+        )
+        .expect("rewrite");
+        let err = AnnIndex::load(&dir, &world, params).err().expect("refused");
+        assert!(err.path.ends_with(MANIFEST), "{err}");
+        assert!(err.message.contains("outside.hnsw.graph"), "{err}");
+    }
 
     #[test]
     fn finds_near_neighbours_deterministically() {

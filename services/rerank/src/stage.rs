@@ -116,16 +116,13 @@ impl RerankStage {
         };
         let mut per_category: BTreeMap<u32, u32> = BTreeMap::new();
         let mut per_creator: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut page = Vec::with_capacity(limit);
+        // `limit` comes from the request: the page can never hold more than
+        // the pool, so a huge one must not reserve memory for itself.
+        let mut page = Vec::with_capacity(limit.min(slots.len()));
         let mut relaxed_pages = 0;
         let mut relaxed_at = 0;
         let mut capped = true;
         while page.len() < limit {
-            if page.len() % window == 0 {
-                per_category.clear();
-                per_creator.clear();
-                capped = true;
-            }
             // The best candidate within the caps, from the main pool if one
             // qualifies, else from the reserve.
             let mut best: Option<(usize, f32, bool)> = None;
@@ -181,6 +178,15 @@ impl RerankStage {
                 }
             }
             page.push(pick);
+            // A new page starts with its own caps. (Reset here, after a
+            // placement, and not at the top of the loop: there it undid the
+            // relaxation of a page whose pool had run out at a page boundary,
+            // and the loop never ended.)
+            if page.len() % window == 0 {
+                per_category.clear();
+                per_creator.clear();
+                capped = true;
+            }
         }
         Composed {
             picks: page,
@@ -315,6 +321,38 @@ mod tests {
             max_per_creator: 100,
             freshness_boost: 0.0,
         }
+    }
+
+    /// `compose` on another thread, bounded: a regression to a loop that
+    /// never ends fails the test instead of hanging it.
+    fn compose_bounded(limit: usize, page_size: usize, pool: Vec<Pick>) -> Composed {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(stage().compose(0.5, &loose(), limit, page_size, pool));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("compose returns")
+    }
+
+    #[test]
+    fn a_pool_that_runs_out_at_a_page_boundary_ends_the_list() {
+        // Found by fuzzing: with the pool used up exactly at a page
+        // boundary (or empty from the start), the caps were reset and
+        // relaxed in turn forever.
+        let composed = compose_bounded(100, 3, pool(6));
+        assert_eq!(composed.picks.len(), 6);
+        assert_eq!(composed.relaxed_pages, 0);
+        let composed = compose_bounded(10, 0, Vec::new());
+        assert!(composed.picks.is_empty());
+        assert_eq!(composed.relaxed_pages, 0);
+    }
+
+    #[test]
+    fn a_huge_limit_is_cut_to_the_pool() {
+        // A request's `limit` of u32::MAX once reserved ~170 GB up front
+        // and aborted the process.
+        let composed = stage().compose(0.5, &loose(), u32::MAX as usize, 0, pool(30));
+        assert_eq!(composed.picks.len(), 30);
     }
 
     #[test]

@@ -1,0 +1,21 @@
+//! Business.GetFeed: bytes -> `GetFeedRequest` -> the registry's local
+//! `business` stub on the small world, with a deadline. Any status is an
+//! answer; a panic, an abort or a hang is a finding.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message as _;
+
+fuzz_target!(
+    init: {
+        fuzz::Handlers::get();
+    },
+    |data: &[u8]| {
+        let Ok(request) = proxy_api::pb::GetFeedRequest::decode(data) else {
+            return;
+        };
+        let handlers = fuzz::Handlers::get();
+        let stage = handlers.registry.business().expect("business is bound local");
+        let _answer = handlers.call(|cx| async move { stage.get_feed(&cx, request).await });
+    }
+);
