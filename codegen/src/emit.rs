@@ -299,7 +299,7 @@ fn stage(
         });
         fields.push((method.clone(), input.clone(), output.clone()));
         local_init.push(quote! {
-            #method: crate::stack::LocalCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
+            #method: crate::stack::LocalCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, &#info, #call_fn, options)
         });
         remote_init.push(quote! {
             #method: crate::stack::RemoteCall::new(std::sync::Arc::clone(&balancer), Stage::#name, #proto_method, #path, target, options)
@@ -323,7 +323,7 @@ fn stage(
             },
         ));
         serve_init.push(quote! {
-            #method: crate::stack::ServeCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, #call_fn, options)
+            #method: crate::stack::ServeCall::new(std::sync::Arc::clone(&imp), Stage::#name, #proto_method, &#info, #call_fn, options)
         });
         local_methods.push(boxed_method(
             &method,

@@ -145,7 +145,7 @@ fn requests() -> Vec<(pb::GetFeedRequest, pb::SplitRequest)> {
                     network: "wifi".into(),
                 }),
                 features,
-                blob: vec![i as u8; (i % 3) * 64],
+                blob: vec![i as u8; (i % 3) * 64].into(),
             };
             let page_size = [10, 1, 20, 50, 0, 7][i % 6];
             let cursor = ["", "o10", "o3"][i % 3].to_owned();
@@ -155,13 +155,13 @@ fn requests() -> Vec<(pb::GetFeedRequest, pb::SplitRequest)> {
                 user_id: user_id.clone(),
                 page_size,
                 cursor,
-                context: Some(context.clone()),
+                context: Some(proxy_api::PassThrough::new(context.clone())),
                 explain,
             };
             let split = pb::SplitRequest {
                 user_id,
                 limit: page_size + 11,
-                context: Some(context),
+                context: Some(proxy_api::PassThrough::new(context)),
                 layers: if lite {
                     vec!["ranking".into()]
                 } else {

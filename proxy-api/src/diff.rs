@@ -137,6 +137,15 @@ impl Differ {
             .ok_or_else(|| DiffError::UnknownMessage(name.to_owned()))
     }
 
+    /// The full name of the response message of the method at gRPC `path`
+    /// (`/feeds.v1.Recall/Recall` -> `feeds.v1.RecallResponse`).
+    pub fn response_of(&self, path: &str) -> Option<String> {
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        let service = self.pool.get_service_by_name(service)?;
+        let method = service.methods().find(|m| m.name() == method)?;
+        Some(method.output().full_name().to_owned())
+    }
+
     /// The field paths where two encodings of the message `name` differ.
     pub fn diff(&self, name: &str, a: &[u8], b: &[u8]) -> Result<BTreeSet<String>, DiffError> {
         let desc = self.message(name)?;

@@ -34,6 +34,8 @@
 //!   that arrived until a stage reads it.
 //! - `diff`: [`diff::Differ`], field-level comparison of two answers driven
 //!   by the descriptor set, and the noise filter's [`diff::Verdict`].
+//! - `record`: [`record::Recorders`], a sample of the calls to hosted stages
+//!   written to rotating files for `feeds replay`, and their reader.
 //! - `shadow`: [`shadow::Shadows`], copies of routed calls sent to a second
 //!   target off the request path and compared with the served answers.
 //! - `codec`: the prost codec every generated client and server uses; counts
@@ -48,6 +50,7 @@ mod error;
 mod factory;
 pub mod observe;
 mod passthrough;
+pub mod record;
 mod registry;
 mod remote;
 pub mod route;

@@ -72,6 +72,8 @@ pub struct Metrics {
     shadow_diff: IntCounterVec,
     shadow_failed: IntCounterVec,
     shadow_dropped: IntCounterVec,
+    recorded: IntCounterVec,
+    record_dropped: IntCounterVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -147,6 +149,16 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
             "feeds_shadow_dropped_total",
             "Shadow copies not made or not finished, by stage and reason \
              (shadow_unhealthy, queue_full, deadline, primary_failed).",
+            &["stage", "reason"],
+        )?,
+        recorded: plain(
+            "feeds_recorded_total",
+            "Calls handed to the recorder, by stage.",
+            &["stage"],
+        )?,
+        record_dropped: plain(
+            "feeds_record_dropped_total",
+            "Sampled calls not recorded, by stage and reason (queue_full, too_large, write_failed).",
             &["stage", "reason"],
         )?,
         client_handled: counter(
@@ -453,6 +465,26 @@ pub(crate) fn count_shadow_dropped(stage: &str, reason: &str) {
         && let Ok(c) = m
             .shadow_dropped
             .get_metric_with_label_values(&[stage, reason])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one call handed to `stage`'s recorder.
+pub(crate) fn count_recorded(stage: Stage) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m.recorded.get_metric_with_label_values(&[stage.name()])
+    {
+        c.inc();
+    }
+}
+
+/// Counts one sampled call of `stage` not recorded, for `reason`.
+pub(crate) fn count_record_dropped(stage: Stage, reason: &str) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(c) = m
+            .record_dropped
+            .get_metric_with_label_values(&[stage.name(), reason])
     {
         c.inc();
     }

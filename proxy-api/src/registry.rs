@@ -62,6 +62,8 @@ pub struct ServeOptions {
     /// Carry pass-through fields (the user context) as the bytes that
     /// arrived; false decodes them on arrival, as every hop once did.
     pub pass_through: bool,
+    /// The recorders of the stages served (`[record.<stage>]`).
+    pub recorders: Arc<crate::record::Recorders>,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +73,7 @@ impl Default for ServeOptions {
             default_deadline: None,
             trusted_peers: Arc::from([]),
             pass_through: true,
+            recorders: Arc::default(),
         }
     }
 }

@@ -53,6 +53,7 @@ impl ServerOptions {
             default_deadline: self.default_deadline,
             trusted_peers: Arc::clone(&self.trusted_peers),
             pass_through: self.pass_through,
+            recorders: Arc::default(),
         }
     }
 }
@@ -104,7 +105,13 @@ pub async fn run(
     options: &ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (routes, served) = registry.routes(&options.serve_options());
+    // The server adapters record into the same recorders as the registry's
+    // local bindings: one writer per stage.
+    let serve_options = ServeOptions {
+        recorders: Arc::clone(&registry.options().recorders),
+        ..options.serve_options()
+    };
+    let (routes, served) = registry.routes(&serve_options);
     let (health, health_service) = tonic_health::server::health_reporter();
     let names: Vec<&'static str> = served
         .iter()

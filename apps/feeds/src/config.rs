@@ -36,6 +36,9 @@ config_with_stages! {
         /// How shadow copies (a route rule's `shadow`) are bounded,
         /// compared and logged.
         pub shadow: proxy_api::shadow::ShadowConfig,
+        /// Per hosted stage, a sample of its calls recorded to files for
+        /// `feeds replay`.
+        pub record: BTreeMap<String, proxy_api::record::RecordConfig>,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -374,6 +377,26 @@ impl Config {
             ));
         }
         self.shadow.validate()?;
+        for (name, record) in &self.record {
+            let prefix = format!("record.{name}");
+            match Stage::from_name(name) {
+                None => {
+                    return Err(ConfigError::new(
+                        prefix,
+                        format!("unknown stage {name:?} (known: {})", known_stages()),
+                    ));
+                }
+                Some(stage) if !hosted.contains(&stage) => {
+                    return Err(ConfigError::new(
+                        prefix,
+                        format!(
+                            "this process does not host {name:?}; a stage is recorded where it is hosted"
+                        ),
+                    ));
+                }
+                Some(_) => record.validate(&prefix)?,
+            }
+        }
         let otlp = &self.telemetry.otlp_endpoint;
         if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
             return Err(ConfigError::new(

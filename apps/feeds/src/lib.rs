@@ -18,6 +18,7 @@
 //! - `topology`: `feeds up`: start, wait for and stop a topology's processes.
 //! - `diff_report`: `feeds diff-report`: a process's shadow comparisons and
 //!   their verdicts, from its metrics endpoint.
+//! - `replay`: `feeds replay`: recorded calls sent again and compared.
 //!
 //! The lab (feature `lab`, on by default; these name stage crates directly
 //! for their offline work):
@@ -37,6 +38,7 @@ mod echo;
 #[cfg(feature = "lab")]
 mod eval;
 mod query;
+mod replay;
 mod serve;
 pub mod telemetry;
 mod topology;
@@ -53,6 +55,7 @@ pub use echo::run_echo;
 #[cfg(feature = "lab")]
 pub use eval::{EvalError, EvalReport, PageQuality, Quality, TenantReport, eval, eval_table};
 pub use query::{QueryArgs, QueryError, get_feed, get_feed_with_path, to_json, to_table};
+pub use replay::{ReplayArgs, ReplayError, ReplayReport, replay};
 pub use serve::{
     LIVENESS, Listeners, ServeError, bind, describe, run, run_reloading, server_options,
 };

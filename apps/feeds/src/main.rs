@@ -152,6 +152,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send recorded calls (files written by `[record.<stage>]`) again to a
+    /// process hosting their stage and compare each answer with the
+    /// recorded one. Exits 1 when the difference rate exceeds --threshold,
+    /// 2 when a file is damaged (unless --skip-damaged).
+    Replay {
+        /// Recording files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The process to send them to.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Calls per second at most.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Largest acceptable share of different or failed answers (0..=1).
+        #[arg(long, default_value_t = 0.0)]
+        threshold: f64,
+        /// Skip damaged records (counted) instead of stopping at the first.
+        #[arg(long)]
+        skip_damaged: bool,
+        /// Each call's deadline, ms.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call Business.GetFeed and print the page.
     Query {
         /// Address of a process serving Business.
@@ -252,6 +279,26 @@ fn main() -> ExitCode {
             next,
         } => echo(&stage, listen, next),
         Command::DiffReport { addr, json } => diff_report(&addr, json),
+        Command::Replay {
+            files,
+            addr,
+            rate,
+            threshold,
+            skip_damaged,
+            timeout_ms,
+            json,
+        } => replay(
+            feeds::ReplayArgs {
+                files,
+                addr,
+                rate,
+                skip_damaged,
+                timeout: Duration::from_millis(timeout_ms),
+                diff: proxy_api::diff::DiffOptions::default(),
+            },
+            threshold,
+            json,
+        ),
         Command::Query {
             addr,
             user,
@@ -288,6 +335,45 @@ fn main() -> ExitCode {
             Duration::from_secs(ready_timeout_s),
             free_ports,
         ),
+    }
+}
+
+fn replay(args: feeds::ReplayArgs, threshold: f64, json: bool) -> ExitCode {
+    if !(0.0..=1.0).contains(&threshold) {
+        eprintln!("error: --threshold {threshold}: must be a fraction (0..=1)");
+        return ExitCode::from(2);
+    }
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        eprintln!("error: --rate {rate}: must be above 0");
+        return ExitCode::from(2);
+    }
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(feeds::replay(&args)) {
+        Ok(report) => {
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                false => print!("{}", report.table(threshold)),
+            }
+            match report.difference_rate() > threshold {
+                true => ExitCode::from(1),
+                false => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -76,9 +76,16 @@ pub fn build_with(
 ) -> Result<Registry, WiringError> {
     let shadows =
         proxy_api::shadow::Shadows::new(config.shadow.clone()).map_err(RegistryError::from)?;
+    let recorders = config
+        .record
+        .iter()
+        .filter_map(|(name, r)| Some((proxy_api::Stage::from_name(name)?, r.clone())))
+        .collect();
+    let recorders = proxy_api::record::Recorders::new(&recorders).map_err(RegistryError::from)?;
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls: config.telemetry.observe_local_calls,
         shadows: Arc::new(shadows),
+        recorders: Arc::new(recorders),
     });
     let limits = config.process.limits;
     for (stage, remote) in &plan.remotes {

@@ -1072,6 +1072,48 @@ pub mod recall_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// One call to a stage, as the process hosting the stage received it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Recording {
+    /// The stage called (`recall`).
+    #[prost(string, tag = "1")]
+    pub stage: ::prost::alloc::string::String,
+    /// The method's gRPC path (`/feeds.v1.Recall/Recall`).
+    #[prost(string, tag = "2")]
+    pub method: ::prost::alloc::string::String,
+    /// The forwarded headers the call carried (`x-request-id`, `x-tenant`,
+    /// `x-tandem-*`, `traceparent`), in order.
+    #[prost(message, repeated, tag = "3")]
+    pub metadata: ::prost::alloc::vec::Vec<Header>,
+    /// The request, encoded.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub request: ::prost::bytes::Bytes,
+    /// The response, encoded, when the call succeeded.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub response: ::prost::bytes::Bytes,
+    /// The gRPC status code (0 is OK) and, for a failure, its message.
+    #[prost(int32, tag = "6")]
+    pub code: i32,
+    #[prost(string, tag = "7")]
+    pub message: ::prost::alloc::string::String,
+    /// When the call started, in microseconds since the Unix epoch.
+    #[prost(int64, tag = "8")]
+    pub started_unix_us: i64,
+    /// How long it took, in microseconds.
+    #[prost(uint64, tag = "9")]
+    pub duration_us: u64,
+    /// How the call reached the stage: `local` (in-process) or `grpc`.
+    #[prost(string, tag = "10")]
+    pub binding: ::prost::alloc::string::String,
+}
+/// One metadata entry.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Header {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RerankResponse {
     #[prost(message, repeated, tag = "1")]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use super::{
-    BoxCall, Call, DeadlineLayer, Explain, Leaf, Method, Observe, ObserveLayer, RemoteLeaf,
-    RuntimeOptions, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
+    BoxCall, Call, DeadlineLayer, Explain, Leaf, Method, MethodInfo, Observe, ObserveLayer,
+    RemoteLeaf, RuntimeOptions, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
 };
 use crate::observe::{Side, Site};
 use crate::{Balancer, Cx, ServeOptions, Stage, Status};
@@ -16,19 +16,24 @@ use crate::{Balancer, Cx, ServeOptions, Stage, Status};
 pub struct LocalCall<I: ?Sized, M, R> {
     /// The stack.
     stack: Observe<super::Deadline<Leaf<I, M, R>>>,
+    /// The method, named in recordings.
+    info: &'static MethodInfo,
+    /// The stage's recorder, when `[record.<stage>]` is set.
+    record: Option<Arc<crate::record::Recorder>>,
 }
 
 impl<I, M, R> LocalCall<I, M, R>
 where
     I: ?Sized + Send + Sync + 'static,
-    M: Explain + Send + 'static,
-    R: Timings + Send + 'static,
+    M: Explain + prost::Message + Send + 'static,
+    R: Timings + prost::Message + Send + 'static,
 {
     /// The stack calling `imp`'s `method` (`name` in metrics and spans).
     pub fn new(
         imp: Arc<I>,
         stage: Stage,
         name: &'static str,
+        info: &'static MethodInfo,
         method: Method<I, M, R>,
         options: &RuntimeOptions,
     ) -> Self {
@@ -40,11 +45,29 @@ where
                 .layer(ObserveLayer::new(site))
                 .layer(DeadlineLayer::new(stage))
                 .service(Leaf::new(imp, method, stage, true)),
+            info,
+            record: options.recorders.get(stage),
         }
     }
 
-    /// One call in `cx`.
+    /// One call in `cx` (recorded when the stage's recorder samples it).
     pub fn call<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
+        if let Some(pending) = self
+            .record
+            .as_ref()
+            .and_then(|r| r.begin(self.info, "local", cx, &msg))
+        {
+            let call = self.call_unrecorded(cx, msg);
+            return Box::pin(async move {
+                let out = call.await;
+                pending.finish(&out);
+                out
+            });
+        }
+        self.call_unrecorded(cx, msg)
+    }
+
+    fn call_unrecorded<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
         if self.stack.enabled() {
             return Box::pin(call_ref::<Observe<super::Deadline<Leaf<I, M, R>>>, M>(
                 &self.stack,
@@ -117,19 +140,24 @@ pub struct ServeCall<I: ?Sized, M, R> {
     trusted: Arc<[crate::route::Cidr]>,
     /// Carry pass-through fields as received (else decode them on arrival).
     pass_through: bool,
+    /// The method, named in recordings.
+    info: &'static MethodInfo,
+    /// The stage's recorder, when `[record.<stage>]` is set.
+    record: Option<Arc<crate::record::Recorder>>,
 }
 
 impl<I, M, R> ServeCall<I, M, R>
 where
     I: ?Sized + Send + Sync + 'static,
-    M: Explain + super::Carried + Send + 'static,
-    R: Timings + super::Degraded + Send + 'static,
+    M: Explain + super::Carried + prost::Message + Send + 'static,
+    R: Timings + super::Degraded + prost::Message + Send + 'static,
 {
     /// The stack serving `imp`'s `method` (`name` in metrics and spans).
     pub fn new(
         imp: Arc<I>,
         stage: Stage,
         name: &'static str,
+        info: &'static MethodInfo,
         method: Method<I, M, R>,
         options: &ServeOptions,
     ) -> Self {
@@ -144,6 +172,8 @@ where
             entry: stage.callers().is_empty(),
             trusted: Arc::clone(&options.trusted_peers),
             pass_through: options.pass_through,
+            info,
+            record: options.recorders.get(stage),
         }
     }
 
@@ -159,9 +189,17 @@ where
         }
         let explain = msg.explain();
         let cx = Cx::inbound(&metadata, self.default_deadline, trusted)?;
+        let pending = self
+            .record
+            .as_ref()
+            .and_then(|r| r.begin(self.info, "grpc", &cx, &msg));
         let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;
         let call: BoxCall<'_, R> = tower::Service::call(&mut stack, Call::new(&cx, msg));
-        let out = call.await?;
+        let out = call.await;
+        if let Some(pending) = pending {
+            pending.finish(&out);
+        }
+        let out = out?;
         if out.degraded() {
             crate::observe::count_degraded(self.stage, cx.tenant().unwrap_or(""));
         }

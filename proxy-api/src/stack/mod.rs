@@ -135,6 +135,8 @@ pub struct RuntimeOptions {
     /// Where routed calls with a shadow send their copies (one runtime per
     /// process: its bounds hold for all stages together).
     pub shadows: std::sync::Arc<crate::shadow::Shadows>,
+    /// The recorders of the stages this process hosts (`[record.<stage>]`).
+    pub recorders: std::sync::Arc<crate::record::Recorders>,
 }
 
 impl Default for RuntimeOptions {
@@ -142,6 +144,7 @@ impl Default for RuntimeOptions {
         Self {
             observe_local_calls: true,
             shadows: std::sync::Arc::default(),
+            recorders: std::sync::Arc::default(),
         }
     }
 }
