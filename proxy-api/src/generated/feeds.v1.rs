@@ -20,6 +20,7 @@ pub struct UserContext {
     #[prost(bytes = "vec", tag = "5")]
     pub blob: ::prost::alloc::vec::Vec<u8>,
 }
+/// One interaction of the user with an item.
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]
 pub struct Event {
     #[prost(uint64, tag = "1")]
@@ -33,6 +34,7 @@ pub struct Event {
     #[prost(float, tag = "4")]
     pub dwell_s: f32,
 }
+/// The device the request comes from.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Device {
     #[prost(string, tag = "1")]
@@ -56,6 +58,7 @@ pub struct Assignment {
         ::prost::alloc::string::String,
     >,
 }
+/// One experiment the user is assigned to, and the bucket that put them there.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExperimentHit {
     #[prost(string, tag = "1")]
@@ -105,6 +108,7 @@ pub struct Constraints {
     #[prost(string, repeated, tag = "2")]
     pub blocked_creators: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// What the user did with the item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum EventKind {
@@ -143,6 +147,7 @@ impl EventKind {
         }
     }
 }
+/// What a product asks for: one page of one user's feed.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFeedRequest {
     #[prost(string, tag = "1")]
@@ -160,6 +165,7 @@ pub struct GetFeedRequest {
     #[prost(bool, tag = "5")]
     pub explain: bool,
 }
+/// One page of the feed, in display order.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFeedResponse {
     #[prost(message, repeated, tag = "1")]
@@ -177,6 +183,7 @@ pub struct GetFeedResponse {
     #[prost(bool, tag = "5")]
     pub degraded: bool,
 }
+/// An item on the page with the metadata a product shows.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FeedItem {
     #[prost(uint64, tag = "1")]
@@ -491,6 +498,7 @@ pub mod business_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// The user and their context, as split passed them on.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RankRequest {
     #[prost(string, tag = "1")]
@@ -505,6 +513,7 @@ pub struct RankRequest {
     #[prost(message, optional, tag = "5")]
     pub constraints: ::core::option::Option<Constraints>,
 }
+/// Scored candidates, best first, then the reserve.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RankResponse {
     #[prost(message, repeated, tag = "1")]
@@ -604,6 +613,8 @@ pub mod fine_rank_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Scores recall's candidates and returns the best of them, best first,
+        /// followed by a reserve per category (marked `reserve`).
         pub async fn rank(
             &mut self,
             request: impl tonic::IntoRequest<super::RankRequest>,
@@ -637,6 +648,8 @@ pub mod fine_rank_server {
     /// Generated trait containing gRPC methods that should be implemented for use with FineRankServer.
     #[async_trait]
     pub trait FineRank: std::marker::Send + std::marker::Sync + 'static {
+        /// Scores recall's candidates and returns the best of them, best first,
+        /// followed by a reserve per category (marked `reserve`).
         async fn rank(
             &self,
             request: tonic::Request<super::RankRequest>,
@@ -802,6 +815,7 @@ pub mod fine_rank_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// The user and their context, as split passed them on.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RecallRequest {
     #[prost(string, tag = "1")]
@@ -816,6 +830,7 @@ pub struct RecallRequest {
     #[prost(message, optional, tag = "5")]
     pub constraints: ::core::option::Option<Constraints>,
 }
+/// Candidates, channel by channel.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RecallResponse {
     #[prost(message, repeated, tag = "1")]
@@ -834,6 +849,7 @@ pub mod recall_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    /// The last stage: it calls no other.
     #[derive(Debug, Clone)]
     pub struct RecallClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -914,6 +930,8 @@ pub mod recall_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Candidates for the user from every recall channel, each tagged with its
+        /// channel, within the tenant's constraints.
         pub async fn recall(
             &mut self,
             request: impl tonic::IntoRequest<super::RecallRequest>,
@@ -947,11 +965,14 @@ pub mod recall_server {
     /// Generated trait containing gRPC methods that should be implemented for use with RecallServer.
     #[async_trait]
     pub trait Recall: std::marker::Send + std::marker::Sync + 'static {
+        /// Candidates for the user from every recall channel, each tagged with its
+        /// channel, within the tenant's constraints.
         async fn recall(
             &self,
             request: tonic::Request<super::RecallRequest>,
         ) -> std::result::Result<tonic::Response<super::RecallResponse>, tonic::Status>;
     }
+    /// The last stage: it calls no other.
     #[derive(Debug)]
     pub struct RecallServer<T> {
         inner: Arc<T>,
@@ -1111,6 +1132,7 @@ pub mod recall_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// The user and their context, with how many ranked items business needs.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RerankRequest {
     #[prost(string, tag = "1")]
@@ -1131,6 +1153,7 @@ pub struct RerankRequest {
     #[prost(uint32, tag = "7")]
     pub page_size: u32,
 }
+/// Ranked items, in page order.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RerankResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1230,6 +1253,8 @@ pub mod rerank_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Orders fine-rank's candidates into pages: relevance against similarity to
+        /// what is already placed, within the tenant's per-page caps.
         pub async fn rerank(
             &mut self,
             request: impl tonic::IntoRequest<super::RerankRequest>,
@@ -1263,6 +1288,8 @@ pub mod rerank_server {
     /// Generated trait containing gRPC methods that should be implemented for use with RerankServer.
     #[async_trait]
     pub trait Rerank: std::marker::Send + std::marker::Sync + 'static {
+        /// Orders fine-rank's candidates into pages: relevance against similarity to
+        /// what is already placed, within the tenant's per-page caps.
         async fn rerank(
             &self,
             request: tonic::Request<super::RerankRequest>,
@@ -1428,6 +1455,7 @@ pub mod rerank_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// The user and their context, as business received them.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SplitRequest {
     #[prost(string, tag = "1")]
@@ -1450,6 +1478,7 @@ pub struct SplitRequest {
     #[prost(uint32, tag = "7")]
     pub page_size: u32,
 }
+/// Ranked items and the experiment assignment they were ranked under.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SplitResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1551,6 +1580,8 @@ pub mod split_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Assigns the user to experiments and returns rerank's items with that
+        /// assignment.
         pub async fn split(
             &mut self,
             request: impl tonic::IntoRequest<super::SplitRequest>,
@@ -1584,6 +1615,8 @@ pub mod split_server {
     /// Generated trait containing gRPC methods that should be implemented for use with SplitServer.
     #[async_trait]
     pub trait Split: std::marker::Send + std::marker::Sync + 'static {
+        /// Assigns the user to experiments and returns rerank's items with that
+        /// assignment.
         async fn split(
             &self,
             request: tonic::Request<super::SplitRequest>,
