@@ -25,7 +25,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 pub use load::Phase;
-pub use report::{Report, write_report};
+pub use report::{Machine, Report, write_report};
 
 use crate::topology::{self, Launch, Running, TopologyError};
 
