@@ -1,7 +1,16 @@
 //! The client side of a `grpc` binding: endpoints (static or re-resolved from
-//! DNS), optional deterministic subsetting, power-of-two-choices balancing,
-//! ejection of endpoints that refuse connections, health probing, and
-//! retries under a token-bucket budget (gRFC A6).
+//! DNS), optional deterministic subsetting, power-of-two-choices balancing by
+//! latency and load, ejection of endpoints that refuse connections, health
+//! probing, and retries under a token-bucket budget (gRFC A6).
+//!
+//! Of two endpoints, a call goes to the one with the lower cost: its latency
+//! estimate times one more than its calls in flight (Peak-EWMA, as linkerd
+//! and Finagle balance). The estimate jumps to any slower answer and decays
+//! towards zero over [`RTT_DECAY`], so an endpoint that turns slow loses its
+//! share at its first slow answer and is tried again only now and then until
+//! it is fast again; the calls it holds count against it for as long as they
+//! have been waiting, so one that hangs stops getting calls within a few
+//! milliseconds of the first call it holds, before any health probe says so.
 //!
 //! Why not tonic's own balancer: it cannot say which endpoint a failed call
 //! went to, so a dead endpoint keeps its share of calls. Here each endpoint
@@ -47,26 +56,119 @@ struct Backend {
     healthy: AtomicBool,
     /// A health probe has answered SERVING at least once.
     answered: AtomicBool,
+    /// Peak-EWMA latency of answered calls, ns, as `f64` bits; 0 until the
+    /// first answer. Decays from `rtt_at_ns` (see [`Backend::rtt_ns`]).
+    rtt_bits: AtomicU64,
+    /// When `rtt_bits` was last set, ns since the balancer's epoch.
+    rtt_at_ns: AtomicU64,
+    /// Sum of the start times (ns since the epoch) of the calls in flight:
+    /// with `in_flight`, their mean age, which is what a hung endpoint's
+    /// calls show long before they end.
+    started_sum_ns: AtomicU64,
 }
 
-/// One call in flight on a backend, for the power-of-two-choices load.
-struct InFlight<'a>(&'a Backend);
+impl Backend {
+    /// The latency estimate at `now_ns`: the last one, decayed towards zero
+    /// since it was set; `None` before any call was answered.
+    fn rtt_ns(&self, now_ns: u64) -> Option<f64> {
+        let est = f64::from_bits(self.rtt_bits.load(Ordering::Relaxed));
+        if est <= 0.0 {
+            return None;
+        }
+        let since = now_ns.saturating_sub(self.rtt_at_ns.load(Ordering::Relaxed));
+        Some(est * decay(since))
+    }
+
+    /// Takes an answered call's latency into the estimate: a slower answer
+    /// replaces it (the peak), a faster one leaves the decayed estimate.
+    /// Two answers recorded at once may lose one; the next one counts.
+    fn observe(&self, now_ns: u64, rtt_ns: f64) {
+        let decayed = self.rtt_ns(now_ns).unwrap_or(0.0);
+        self.rtt_bits
+            .store(decayed.max(rtt_ns).max(1.0).to_bits(), Ordering::Relaxed);
+        self.rtt_at_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// How long the calls in flight have been waiting, on average, ns.
+    fn in_flight_age_ns(&self, now_ns: u64) -> f64 {
+        let n = self.in_flight.load(Ordering::Relaxed) as u64;
+        if n == 0 {
+            return 0.0;
+        }
+        // The two counters are read apart: a call starting or ending in
+        // between can skew one read, never more.
+        let mean_start = self.started_sum_ns.load(Ordering::Relaxed) / n;
+        now_ns.saturating_sub(mean_start) as f64
+    }
+
+    /// What a call here would cost: the latency to expect (the estimate, or
+    /// what the calls in flight have already waited, whichever is more; an
+    /// endpoint with no answer yet is assumed as fast as `unknown`) times one
+    /// more than the calls in flight.
+    fn cost(&self, now_ns: u64, unknown: f64) -> f64 {
+        let rtt = self
+            .rtt_ns(now_ns)
+            .unwrap_or(unknown)
+            .max(self.in_flight_age_ns(now_ns));
+        rtt * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    /// The calls in flight have waited, on average, more than twice what
+    /// calls here take (`unknown` when none was answered yet): the endpoint
+    /// is behind, whatever its cost says. Calls in flight normally average
+    /// half the latency, so this is an endpoint that has just turned slow or
+    /// hung, and is told apart from a merely busy one before any answer.
+    fn behind(&self, now_ns: u64, unknown: f64) -> bool {
+        let rtt = self.rtt_ns(now_ns).unwrap_or(unknown);
+        self.in_flight_age_ns(now_ns) > 2.0 * rtt.max(BEHIND_FLOOR.as_nanos() as f64)
+    }
+}
+
+/// How much of a latency estimate is left after `since_ns`.
+fn decay(since_ns: u64) -> f64 {
+    (-(since_ns as f64) / RTT_DECAY.as_nanos() as f64).exp()
+}
+
+/// One call in flight on a backend, for the power-of-two-choices cost.
+struct InFlight<'a> {
+    backend: &'a Backend,
+    /// When it started, ns since the balancer's epoch.
+    started_ns: u64,
+}
 
 impl<'a> InFlight<'a> {
-    fn start(backend: &'a Backend) -> Self {
+    fn start(backend: &'a Backend, now_ns: u64) -> Self {
+        backend.started_sum_ns.fetch_add(now_ns, Ordering::Relaxed);
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(backend)
+        Self {
+            backend,
+            started_ns: now_ns,
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend
+            .started_sum_ns
+            .fetch_sub(self.started_ns, Ordering::Relaxed);
     }
 }
 
 const FIRST_EJECTION: Duration = Duration::from_millis(250);
 const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+/// Time constant of the latency estimate's decay (linkerd's and Finagle's
+/// default): an endpoint 60 times slower than the others is tried again
+/// about every 40 s while it stays slow.
+pub const RTT_DECAY: Duration = Duration::from_secs(10);
+
+/// The latency assumed for endpoints when none has answered yet.
+const UNKNOWN_RTT: Duration = Duration::from_millis(1);
+
+/// Below this, in-flight waits are scheduling noise, not an endpoint behind.
+const BEHIND_FLOOR: Duration = Duration::from_millis(1);
 
 /// Balances one remote stage's calls over its endpoints.
 pub struct Balancer {
@@ -233,6 +335,9 @@ impl Balancer {
             backoff_ms: AtomicU64::new(FIRST_EJECTION.as_millis() as u64),
             healthy: AtomicBool::new(true),
             answered: AtomicBool::new(false),
+            rtt_bits: AtomicU64::new(0),
+            rtt_at_ns: AtomicU64::new(0),
+            started_sum_ns: AtomicU64::new(0),
         }))
     }
 
@@ -264,7 +369,9 @@ impl Balancer {
     }
 
     /// Power of two choices over the endpoints not yet tried, preferring
-    /// healthy, non-ejected ones; if every one is ejected, any will do.
+    /// healthy, non-ejected ones; if every one is ejected, any will do. Of
+    /// the two, one that is not [`Backend::behind`] wins over one that is;
+    /// otherwise the lower [`Backend::cost`].
     fn pick(&self, list: &[Arc<Backend>], tried: &[usize]) -> Option<usize> {
         let now = self.now_ns();
         let open = |i: &usize| !tried.contains(i);
@@ -289,8 +396,21 @@ impl Balancer {
                     let b = ((r >> 32) % (n as u64 - 1)) as usize;
                     let b = if b >= a { b + 1 } else { b };
                     let (a, b) = (eligible().nth(a)?, eligible().nth(b)?);
-                    let load = |i: usize| list[i].in_flight.load(Ordering::Relaxed);
-                    return Some(if load(b) < load(a) { b } else { a });
+                    // An endpoint not yet answered is taken to be as fast
+                    // as the fastest known one, so it gets its share at once.
+                    let unknown = list
+                        .iter()
+                        .filter_map(|b| b.rtt_ns(now))
+                        .min_by(f64::total_cmp)
+                        .unwrap_or(UNKNOWN_RTT.as_nanos() as f64);
+                    let cost = |i: usize| list[i].cost(now, unknown);
+                    let behind = |i: usize| list[i].behind(now, unknown);
+                    return Some(match (behind(a), behind(b)) {
+                        (true, false) => b,
+                        (false, true) => a,
+                        _ if cost(b) < cost(a) => b,
+                        _ => a,
+                    });
                 }
             }
         }
@@ -348,15 +468,19 @@ impl Balancer {
                 }
                 attempt.set_timeout(left);
             }
+            let started = self.now_ns();
             let out = {
                 // Counted until the call ends or is dropped (a caller's
                 // deadline can drop it mid-flight).
-                let _in_flight = InFlight::start(backend);
+                let _in_flight = InFlight::start(backend, started);
                 crate::stack::unary(backend.channel.clone(), attempt, path, self.target.limits)
                     .await
             };
+            let took = |now: u64| now.saturating_sub(started) as f64;
             match out {
                 Ok(response) => {
+                    let now = self.now_ns();
+                    backend.observe(now, took(now));
                     self.budget.success();
                     if backend.ejected_until.load(Ordering::Relaxed) != 0 {
                         self.restore(backend);
@@ -378,7 +502,19 @@ impl Balancer {
                     }
                     return Err(self.target.status(status, &backend.key));
                 }
-                Err(status) => return Err(self.target.status(status, &backend.key)),
+                Err(status) => {
+                    // An answer is an answer; running out of the caller's
+                    // time says more about the budget than the endpoint
+                    // (a hung one is caught by its calls' age and probes).
+                    if !matches!(
+                        status.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    ) {
+                        let now = self.now_ns();
+                        backend.observe(now, took(now));
+                    }
+                    return Err(self.target.status(status, &backend.key));
+                }
             }
         }
     }
@@ -534,17 +670,23 @@ async fn resolve_loop(balancer: Weak<Balancer>, statics: Vec<String>) {
 }
 
 /// Asks every endpoint's `grpc.health.v1` about the stage's service every
-/// `health_interval_ms`: NOT_SERVING or no answer marks it unhealthy (it gets
-/// calls only when nothing else is left); SERVING marks it healthy again and
-/// lifts an ejection.
+/// `health_interval_ms`: NOT_SERVING or no answer within [`probe_timeout`]
+/// marks it unhealthy (it gets calls only when nothing else is left);
+/// SERVING marks it healthy again and lifts an ejection. Rounds start on a
+/// fixed beat (or at once after a round that waited out a timeout), and a
+/// probe counts as a call in flight while it waits, so the balancer turns
+/// away from a hung endpoint within an interval of it hanging even if no
+/// call of its own went there, before the timeout marks it.
 async fn health_loop(balancer: Weak<Balancer>) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     loop {
         let Some(b) = balancer.upgrade() else { return };
-        let timeout = Duration::from_millis(b.config.connect_timeout_ms.max(100));
+        let round = Instant::now();
+        let timeout = probe_timeout(&b.config);
         let service = b.target.stage.service_name();
         let list = b.snapshot();
+        let started = b.now_ns();
         let probes = list.iter().map(|backend| {
             let backend = Arc::clone(backend);
             async move {
@@ -552,7 +694,11 @@ async fn health_loop(balancer: Weak<Balancer>) {
                 let request = HealthCheckRequest {
                     service: service.to_owned(),
                 };
+                // A probe is a call like any other: one that hangs makes
+                // its endpoint costly at once, before the timeout says so.
+                let in_flight = InFlight::start(&backend, started);
                 let answer = tokio::time::timeout(timeout, client.check(request)).await;
+                drop(in_flight);
                 let serving = matches!(
                     &answer,
                     Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
@@ -576,10 +722,21 @@ async fn health_loop(balancer: Weak<Balancer>) {
                 );
             }
         }
-        let wait = Duration::from_millis(b.config.health_interval_ms);
+        let wait =
+            Duration::from_millis(b.config.health_interval_ms).saturating_sub(round.elapsed());
         drop(b);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// How long a health probe may take before it counts as no answer: the
+/// connect timeout, at least 100 ms. Generous on purpose: an endpoint marked
+/// unhealthy turns routes to their fallback and callers' readiness to
+/// NOT_SERVING, which a busy machine's slow probe must not do. A stopped
+/// process (which still accepts connections: the kernel does) loses its
+/// calls sooner than that, through the age of the probe in flight.
+fn probe_timeout(config: &RemoteConfig) -> Duration {
+    Duration::from_millis(config.connect_timeout_ms.max(100))
 }
 
 /// Runs the futures concurrently and collects their outputs in order.
@@ -717,5 +874,132 @@ mod tests {
         let zero = (0..200).filter(|_| b.pick(&list, &[]) == Some(0)).count();
         assert_eq!(zero, 0, "the loaded endpoint was picked");
         assert_eq!(b.pick(&list, &[0, 1, 2, 3]), None);
+    }
+
+    fn two() -> Arc<Balancer> {
+        let config = RemoteConfig {
+            endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            ..RemoteConfig::default()
+        };
+        Balancer::new(Stage::Recall, &config, crate::Limits::default()).expect("balancer")
+    }
+
+    const MS: f64 = 1e6;
+
+    #[tokio::test]
+    async fn the_estimate_takes_peaks_and_decays() {
+        let backend = &two().snapshot()[0];
+        assert_eq!(backend.rtt_ns(0), None, "no answer yet");
+        backend.observe(0, 300.0 * MS);
+        assert_eq!(backend.rtt_ns(0), Some(300.0 * MS));
+        // A faster answer right after leaves the peak.
+        backend.observe(1, 5.0 * MS);
+        let left = backend.rtt_ns(1).expect("known");
+        assert!(left > 299.0 * MS, "{left}");
+        // One time constant later, 1/e of it is left.
+        let later = RTT_DECAY.as_nanos() as u64;
+        let decayed = backend.rtt_ns(later).expect("known");
+        assert!(
+            (decayed / (300.0 * MS) - (-1.0f64).exp()).abs() < 1e-3,
+            "{decayed}"
+        );
+        // A slower answer replaces it at once.
+        backend.observe(later, 400.0 * MS);
+        assert_eq!(backend.rtt_ns(later), Some(400.0 * MS));
+    }
+
+    #[tokio::test]
+    async fn a_slow_endpoint_loses_its_share_until_the_other_is_busy() {
+        let b = two();
+        let list = b.snapshot();
+        let now = b.now_ns();
+        list[0].observe(now, 300.0 * MS);
+        list[1].observe(now, 5.0 * MS);
+        let slow = (0..200).filter(|_| b.pick(&list, &[]) == Some(0)).count();
+        assert_eq!(slow, 0, "the slow endpoint was picked");
+        // Ten calls in flight on the fast one still cost less than one on
+        // the slow one; a hundred do not.
+        list[1].in_flight.store(10, Ordering::Relaxed);
+        assert_eq!(b.pick(&list, &[]), Some(1));
+        list[1].in_flight.store(100, Ordering::Relaxed);
+        assert_eq!(b.pick(&list, &[]), Some(0));
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_hung_endpoint_count_against_it() {
+        let b = two();
+        let list = b.snapshot();
+        // Both equally fast so far.
+        let now = b.now_ns() + 1_000_000_000;
+        list[0].observe(now, 5.0 * MS);
+        list[1].observe(now, 5.0 * MS);
+        // Endpoint 0 holds one call started 300 ms ago; endpoint 1 holds
+        // two that just started.
+        let _waiting = InFlight::start(&list[0], now - 300_000_000);
+        let _fresh = (
+            InFlight::start(&list[1], now),
+            InFlight::start(&list[1], now),
+        );
+        assert!((list[0].in_flight_age_ns(now) - 300.0 * MS).abs() < 1.0);
+        assert_eq!(list[1].in_flight_age_ns(now), 0.0);
+        assert!(list[0].cost(now, MS) > list[1].cost(now, MS));
+        drop(_waiting);
+        assert_eq!(list[0].in_flight_age_ns(now), 0.0, "nothing left in flight");
+    }
+
+    #[tokio::test]
+    async fn a_hung_endpoint_counts_its_probe_and_is_marked_after_the_timeout() {
+        // Accepts connections (the kernel does) and never answers: a
+        // stopped process.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let config = RemoteConfig {
+            endpoints: vec![format!("http://{}", hung.local_addr().expect("addr"))],
+            connect_timeout_ms: 100,
+            health_interval_ms: 200,
+            ..RemoteConfig::default()
+        };
+        assert_eq!(probe_timeout(&config), Duration::from_millis(100));
+        let b = Balancer::new(Stage::Recall, &config, crate::Limits::default()).expect("balancer");
+        let list = b.snapshot();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            list[0].in_flight.load(Ordering::Relaxed),
+            1,
+            "the probe waits"
+        );
+        assert!(list[0].in_flight_age_ns(b.now_ns()) >= 40.0 * MS);
+        assert!(list[0].healthy.load(Ordering::Relaxed), "not marked yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !list[0].healthy.load(Ordering::Relaxed),
+            "marked after 100 ms"
+        );
+        assert_eq!(list[0].in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_behind_loses_to_one_that_is_not() {
+        let b = two();
+        let list = b.snapshot();
+        let now = b.now_ns() + 1_000_000_000;
+        // Endpoint 0 is fast but its one call has waited 12 ms; endpoint 1
+        // has been slow (40 ms) and is idle. By cost 0 would win (24 < 40).
+        list[0].observe(now, 5.0 * MS);
+        list[1].observe(now, 40.0 * MS);
+        let _waiting = InFlight::start(&list[0], now - 12_000_000);
+        assert!(list[0].cost(now, MS) < list[1].cost(now, MS));
+        assert!(list[0].behind(now, MS) && !list[1].behind(now, MS));
+        // A call of normal age is not behind.
+        let _normal = InFlight::start(&list[1], now - 30_000_000);
+        assert!(!list[1].behind(now, MS));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_not_yet_answered_gets_its_share() {
+        let b = two();
+        let list = b.snapshot();
+        list[0].observe(b.now_ns(), 5.0 * MS);
+        let picks: Vec<usize> = (0..200).filter_map(|_| b.pick(&list, &[])).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     }
 }

@@ -35,9 +35,14 @@ pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// The prefix of the project's own headers, trusted only from trusted peers.
 pub const PROJECT_PREFIX: &str = "x-tandem-";
 
-/// How much earlier than the wire deadline a server gives up, so it is this
-/// code (DEADLINE_EXCEEDED) and not tonic's own timer (CANCELLED) that answers.
-const SERVER_MARGIN: Duration = Duration::from_millis(1);
+/// How much earlier than the wire deadline a server gives up: 1% of the
+/// budget, between 1 and 10 ms. So it is this code (DEADLINE_EXCEEDED), not
+/// tonic's own timer (CANCELLED), that answers, even on a busy machine where
+/// the request waits a while before it is read, and the answer has that
+/// long to travel back and reach the client before its own deadline.
+fn server_margin(timeout: Duration) -> Duration {
+    (timeout / 100).clamp(Duration::from_millis(1), Duration::from_millis(10))
+}
 
 /// Whether a header is forwarded hop to hop.
 fn forwarded(key: &str) -> bool {
@@ -346,8 +351,9 @@ impl Cx {
     }
 
     /// Server side of the `grpc` binding: the context of a request that
-    /// arrived with `metadata`. `grpc-timeout` (less a small margin, so this
-    /// code answers before tonic's own timer) or else `default` becomes the
+    /// arrived with `metadata`. `grpc-timeout` (less [`server_margin`], so
+    /// this code answers before tonic's own timer and the client's
+    /// deadline) or else `default` becomes the
     /// deadline; a malformed `grpc-timeout` is INVALID_ARGUMENT naming it.
     ///
     /// Unless `trusted`, every `x-tandem-*` header (dye, stress, ...) is
@@ -368,7 +374,7 @@ impl Cx {
                     ))
                 })?;
                 let d = now + timeout;
-                Some(d.checked_sub(SERVER_MARGIN).unwrap_or(d))
+                Some(d.checked_sub(server_margin(timeout)).unwrap_or(d))
             }
         };
         let headers = metadata
@@ -440,6 +446,15 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 mod tests {
     use super::*;
     use tonic::metadata::MetadataValue;
+
+    #[test]
+    fn server_margin_is_a_percent_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(server_margin(ms(2_000)), ms(10));
+        assert_eq!(server_margin(ms(500)), ms(5));
+        assert_eq!(server_margin(ms(50)), ms(1));
+        assert_eq!(server_margin(Duration::from_secs(3_600)), ms(10));
+    }
 
     #[test]
     fn grpc_timeout_units() {

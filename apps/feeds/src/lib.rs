@@ -23,6 +23,9 @@
 //! The lab (feature `lab`, on by default; these name stage crates directly
 //! for their offline work):
 //! - `bench`: `feeds bench`: every topology as OS processes under load, side by side.
+//! - `chaos`: `feeds chaos`: two replicas of every stage under load, one
+//!   fault at a time (kill, SIGTERM restart, SIGSTOP, added latency), and
+//!   what the clients saw.
 //! - `echo`: `feeds echo`: the bare tonic chain `feeds bench` uses as a floor.
 //! - `eval`: `feeds eval`: quality against the world's hidden ground truth.
 
@@ -31,6 +34,8 @@
 mod stages;
 #[cfg(feature = "lab")]
 pub mod bench;
+#[cfg(feature = "lab")]
+pub mod chaos;
 mod config;
 mod diff_report;
 #[cfg(feature = "lab")]

@@ -125,6 +125,60 @@ enum Command {
         rate: Option<f64>,
     },
     #[cfg(feature = "lab")]
+    /// Start the five-pod topology with two replicas of every stage, put it
+    /// under open-loop load, inject one fault at a time into one replica of
+    /// each chosen stage (kill -9 and restart, SIGTERM restart, SIGSTOP for a
+    /// few seconds, added latency through a TCP proxy), and report failures
+    /// by status, time to the last error, requests past their deadline and
+    /// latency against nominal; writes JSON, Markdown and CSV.
+    Chaos {
+        /// Stages whose replicas are faulted (not business: the load
+        /// generator calls it directly).
+        #[arg(long, value_delimiter = ',', default_value = "recall,rerank")]
+        stages: Vec<String>,
+        /// Faults, in order, for each stage.
+        #[arg(long, value_delimiter = ',', default_value = "kill,term,stop,latency")]
+        faults: Vec<feeds::chaos::Fault>,
+        /// Open-loop arrival rate, requests per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Every request's deadline, ms.
+        #[arg(long, default_value_t = 2_000)]
+        deadline_ms: u64,
+        /// Load before the nominal window, s.
+        #[arg(long, default_value_t = 3.0)]
+        warmup_s: f64,
+        /// The nominal window before any fault, s.
+        #[arg(long, default_value_t = 10.0)]
+        nominal_s: f64,
+        /// How long a killed replica stays down, s.
+        #[arg(long, default_value_t = 2.0)]
+        down_s: f64,
+        /// How long a stopped replica stays stopped, s.
+        #[arg(long, default_value_t = 4.0)]
+        stop_s: f64,
+        /// How long the latency fault lasts, s.
+        #[arg(long, default_value_t = 8.0)]
+        latency_s: f64,
+        /// Delay added per chunk and direction, ms: MIN-MAX.
+        #[arg(long, default_value = "50-200")]
+        latency_ms: String,
+        /// Quiet time after a faulted replica serves again, s.
+        #[arg(long, default_value_t = 4.0)]
+        settle_s: f64,
+        /// Results folder (default chaos-results/<timestamp>/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Where five-pod/ lives.
+        #[arg(long, default_value = "deploy/local")]
+        dir: PathBuf,
+        /// Exit non-zero when a target is missed.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    #[cfg(feature = "lab")]
     /// One process of the bare echo chain that `feeds bench` uses as a floor.
     #[command(hide = true)]
     Echo {
@@ -272,6 +326,45 @@ fn main() -> ExitCode {
             tenant,
             rate,
         } => load_test(addr, kb, concurrency, seconds, tenant, rate),
+        #[cfg(feature = "lab")]
+        Command::Chaos {
+            stages,
+            faults,
+            rate,
+            deadline_ms,
+            warmup_s,
+            nominal_s,
+            down_s,
+            stop_s,
+            latency_s,
+            latency_ms,
+            settle_s,
+            out,
+            dir,
+            strict,
+            world,
+        } => {
+            let Some(latency_ms) = parse_range(&latency_ms) else {
+                eprintln!("error: --latency-ms {latency_ms:?}: want MIN-MAX in ms, e.g. 50-200");
+                return ExitCode::from(2);
+            };
+            let settings = feeds::chaos::Settings {
+                stages,
+                faults,
+                rate,
+                deadline_ms,
+                warmup_s,
+                nominal_s,
+                down_s,
+                stop_s,
+                latency_s,
+                latency_ms,
+                settle_s,
+                items: world.items,
+                users: world.users,
+            };
+            chaos(settings, out, dir, strict)
+        }
         #[cfg(feature = "lab")]
         Command::Echo {
             stage,
@@ -534,6 +627,56 @@ fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCo
         Ok(())
     })();
     exit(result)
+}
+
+/// `50-200` as [50, 200].
+#[cfg(feature = "lab")]
+fn parse_range(text: &str) -> Option<[u64; 2]> {
+    let (lo, hi) = text.split_once('-')?;
+    Some([lo.trim().parse().ok()?, hi.trim().parse().ok()?])
+}
+
+#[cfg(feature = "lab")]
+fn chaos(
+    settings: feeds::chaos::Settings,
+    out: Option<PathBuf>,
+    dir: PathBuf,
+    strict: bool,
+) -> ExitCode {
+    // Bad settings are a usage error, before anything starts.
+    if let Err(e) = settings.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let out = out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("chaos-results/{secs}"))
+    });
+    let result = (|| -> anyhow::Result<bool> {
+        let opts = feeds::chaos::ChaosOptions {
+            settings,
+            exe: std::env::current_exe()?,
+            deploy_dir: dir,
+            out: out.clone(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        let report = runtime(2)?.block_on(feeds::chaos::run(&opts))?;
+        feeds::chaos::write_report(&report, &out)?;
+        print!("{}", report.markdown());
+        eprintln!("results in {}", out.display());
+        Ok(report.all_met())
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) if strict => {
+            eprintln!("error: a target was missed (--strict)");
+            ExitCode::FAILURE
+        }
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
 
 #[cfg(feature = "lab")]

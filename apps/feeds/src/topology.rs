@@ -356,16 +356,24 @@ impl Running {
         }
     }
 
+    /// The first process found to have exited, without waiting.
+    pub fn exited(&mut self) -> Result<Option<(PathBuf, ExitStatus)>, TopologyError> {
+        for m in &mut self.members {
+            if let Some(status) = m.child.try_wait().map_err(|source| TopologyError::Wait {
+                file: m.file.clone(),
+                source,
+            })? {
+                return Ok(Some((m.file.clone(), status)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Waits until any process exits; returns its file and status.
     pub async fn wait_any_exit(&mut self) -> Result<(PathBuf, ExitStatus), TopologyError> {
         loop {
-            for m in &mut self.members {
-                if let Some(status) = m.child.try_wait().map_err(|source| TopologyError::Wait {
-                    file: m.file.clone(),
-                    source,
-                })? {
-                    return Ok((m.file.clone(), status));
-                }
+            if let Some(exited) = self.exited()? {
+                return Ok(exited);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -24,6 +24,7 @@ pub struct UserContext {
     #[prost(bytes = "bytes", tag = "5")]
     pub blob: ::prost::bytes::Bytes,
 }
+/// One interaction of the user with an item.
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]
 pub struct Event {
     #[prost(uint64, tag = "1")]
@@ -37,6 +38,7 @@ pub struct Event {
     #[prost(float, tag = "4")]
     pub dwell_s: f32,
 }
+/// The device the request comes from.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Device {
     #[prost(string, tag = "1")]
@@ -60,6 +62,7 @@ pub struct Assignment {
         ::prost::alloc::string::String,
     >,
 }
+/// One experiment the user is assigned to, and the bucket that put them there.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExperimentHit {
     #[prost(string, tag = "1")]
@@ -109,6 +112,7 @@ pub struct Constraints {
     #[prost(string, repeated, tag = "2")]
     pub blocked_creators: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// What the user did with the item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum EventKind {
@@ -147,6 +151,7 @@ impl EventKind {
         }
     }
 }
+/// One page of the feed, in display order.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFeedResponse {
     #[prost(message, repeated, tag = "1")]
@@ -164,6 +169,7 @@ pub struct GetFeedResponse {
     #[prost(bool, tag = "5")]
     pub degraded: bool,
 }
+/// An item on the page with the metadata a product shows.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FeedItem {
     #[prost(uint64, tag = "1")]
@@ -480,6 +486,7 @@ pub mod business_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Scored candidates, best first, then the reserve.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RankResponse {
     #[prost(message, repeated, tag = "1")]
@@ -579,6 +586,8 @@ pub mod fine_rank_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Scores recall's candidates and returns the best of them, best first,
+        /// followed by a reserve per category (marked `reserve`).
         pub async fn rank(
             &mut self,
             request: impl tonic::IntoRequest<crate::pb::RankRequest>,
@@ -612,6 +621,8 @@ pub mod fine_rank_server {
     /// Generated trait containing gRPC methods that should be implemented for use with FineRankServer.
     #[async_trait]
     pub trait FineRank: std::marker::Send + std::marker::Sync + 'static {
+        /// Scores recall's candidates and returns the best of them, best first,
+        /// followed by a reserve per category (marked `reserve`).
         async fn rank(
             &self,
             request: tonic::Request<crate::pb::RankRequest>,
@@ -777,6 +788,7 @@ pub mod fine_rank_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Candidates, channel by channel.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RecallResponse {
     #[prost(message, repeated, tag = "1")]
@@ -795,6 +807,7 @@ pub mod recall_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    /// The last stage: it calls no other.
     #[derive(Debug, Clone)]
     pub struct RecallClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -875,6 +888,8 @@ pub mod recall_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Candidates for the user from every recall channel, each tagged with its
+        /// channel, within the tenant's constraints.
         pub async fn recall(
             &mut self,
             request: impl tonic::IntoRequest<crate::pb::RecallRequest>,
@@ -908,11 +923,14 @@ pub mod recall_server {
     /// Generated trait containing gRPC methods that should be implemented for use with RecallServer.
     #[async_trait]
     pub trait Recall: std::marker::Send + std::marker::Sync + 'static {
+        /// Candidates for the user from every recall channel, each tagged with its
+        /// channel, within the tenant's constraints.
         async fn recall(
             &self,
             request: tonic::Request<crate::pb::RecallRequest>,
         ) -> std::result::Result<tonic::Response<super::RecallResponse>, tonic::Status>;
     }
+    /// The last stage: it calls no other.
     #[derive(Debug)]
     pub struct RecallServer<T> {
         inner: Arc<T>,
@@ -1114,6 +1132,7 @@ pub struct Header {
     #[prost(string, tag = "2")]
     pub value: ::prost::alloc::string::String,
 }
+/// Ranked items, in page order.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RerankResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1213,6 +1232,8 @@ pub mod rerank_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Orders fine-rank's candidates into pages: relevance against similarity to
+        /// what is already placed, within the tenant's per-page caps.
         pub async fn rerank(
             &mut self,
             request: impl tonic::IntoRequest<crate::pb::RerankRequest>,
@@ -1246,6 +1267,8 @@ pub mod rerank_server {
     /// Generated trait containing gRPC methods that should be implemented for use with RerankServer.
     #[async_trait]
     pub trait Rerank: std::marker::Send + std::marker::Sync + 'static {
+        /// Orders fine-rank's candidates into pages: relevance against similarity to
+        /// what is already placed, within the tenant's per-page caps.
         async fn rerank(
             &self,
             request: tonic::Request<crate::pb::RerankRequest>,
@@ -1411,6 +1434,7 @@ pub mod rerank_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Ranked items and the experiment assignment they were ranked under.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SplitResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1512,6 +1536,8 @@ pub mod split_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Assigns the user to experiments and returns rerank's items with that
+        /// assignment.
         pub async fn split(
             &mut self,
             request: impl tonic::IntoRequest<crate::pb::SplitRequest>,
@@ -1545,6 +1571,8 @@ pub mod split_server {
     /// Generated trait containing gRPC methods that should be implemented for use with SplitServer.
     #[async_trait]
     pub trait Split: std::marker::Send + std::marker::Sync + 'static {
+        /// Assigns the user to experiments and returns rerank's items with that
+        /// assignment.
         async fn split(
             &self,
             request: tonic::Request<crate::pb::SplitRequest>,
@@ -1710,6 +1738,7 @@ pub mod split_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// What a product asks for: one page of one user's feed.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct GetFeedRequest {
     pub user_id: ::prost::alloc::string::String,
@@ -1818,6 +1847,7 @@ impl ::prost::Message for GetFeedRequest {
         *self = ::core::default::Default::default();
     }
 }
+/// The user and their context, as split passed them on.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct RankRequest {
     pub user_id: ::prost::alloc::string::String,
@@ -1930,6 +1960,7 @@ impl ::prost::Message for RankRequest {
         *self = ::core::default::Default::default();
     }
 }
+/// The user and their context, as split passed them on.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct RecallRequest {
     pub user_id: ::prost::alloc::string::String,
@@ -2042,6 +2073,7 @@ impl ::prost::Message for RecallRequest {
         *self = ::core::default::Default::default();
     }
 }
+/// The user and their context, with how many ranked items business needs.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct RerankRequest {
     pub user_id: ::prost::alloc::string::String,
@@ -2193,6 +2225,7 @@ impl ::prost::Message for RerankRequest {
         *self = ::core::default::Default::default();
     }
 }
+/// The user and their context, as business received them.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct SplitRequest {
     pub user_id: ::prost::alloc::string::String,

@@ -289,7 +289,8 @@ fn business_get_feed<'a>(
 /// from a remote one.
 #[crate::async_trait]
 pub trait Split: Send + Sync + 'static {
-    /// `feeds.v1.Split/Split`.
+    /// Assigns the user to experiments and returns rerank's items with that
+    /// assignment.
     async fn split(
         &self,
         cx: &crate::Cx,
@@ -560,7 +561,8 @@ fn split_split<'a>(
 /// from a remote one.
 #[crate::async_trait]
 pub trait Rerank: Send + Sync + 'static {
-    /// `feeds.v1.Rerank/Rerank`.
+    /// Orders fine-rank's candidates into pages: relevance against similarity to
+    /// what is already placed, within the tenant's per-page caps.
     async fn rerank(
         &self,
         cx: &crate::Cx,
@@ -839,7 +841,8 @@ fn rerank_rerank<'a>(
 /// from a remote one.
 #[crate::async_trait]
 pub trait FineRank: Send + Sync + 'static {
-    /// `feeds.v1.FineRank/Rank`.
+    /// Scores recall's candidates and returns the best of them, best first,
+    /// followed by a reserve per category (marked `reserve`).
     async fn rank(
         &self,
         cx: &crate::Cx,
@@ -1116,9 +1119,11 @@ fn fine_rank_rank<'a>(
 /// Transport-agnostic face of `feeds.v1.Recall`: the stage crate implements it;
 /// callers hold an `Arc<dyn Recall>` and cannot tell a local implementation
 /// from a remote one.
+/// The last stage: it calls no other.
 #[crate::async_trait]
 pub trait Recall: Send + Sync + 'static {
-    /// `feeds.v1.Recall/Recall`.
+    /// Candidates for the user from every recall channel, each tagged with its
+    /// channel, within the tenant's constraints.
     async fn recall(
         &self,
         cx: &crate::Cx,

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 pub use load::Phase;
-pub use report::{Report, write_report};
+pub use report::{Machine, Report, write_report};
 
 use crate::topology::{self, Launch, Running, TopologyError};
 
@@ -430,7 +430,7 @@ pub const EXPLAIN_EVERY: u32 = 8;
 /// `explain`, every [`EXPLAIN_EVERY`]th request asks every stage to report
 /// its own CPU time: a sample is enough for the mean, and explaining costs
 /// clock reads and a longer answer that production requests do not pay.
-fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
+pub(crate) fn requests(kb: usize, users: u32, explain: bool) -> Vec<pb::GetFeedRequest> {
     (0..200u32)
         .map(|i| pb::GetFeedRequest {
             user_id: ((i * 37) % users).to_string(),

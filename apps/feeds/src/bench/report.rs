@@ -25,7 +25,8 @@ pub struct Machine {
 }
 
 impl Machine {
-    fn probe() -> Self {
+    /// This machine.
+    pub(crate) fn probe() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let cpuinfo = read("/proc/cpuinfo");
         let cpu = cpuinfo
