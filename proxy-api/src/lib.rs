@@ -36,6 +36,8 @@
 //!   by the descriptor set, and the noise filter's [`diff::Verdict`].
 //! - `record`: [`record::Recorders`], a sample of the calls to hosted stages
 //!   written to rotating files for `feeds replay`, and their reader.
+//! - `rollout`: [`rollout::Rollout`], a gated, stepwise move of a stage's
+//!   route to a candidate target, rolled back by the first gate that fails.
 //! - `shadow`: [`shadow::Shadows`], copies of routed calls sent to a second
 //!   target off the request path and compared with the served answers.
 //! - `codec`: the prost codec every generated client and server uses; counts
@@ -53,6 +55,7 @@ mod passthrough;
 pub mod record;
 mod registry;
 mod remote;
+pub mod rollout;
 pub mod route;
 pub mod server;
 pub mod shadow;

@@ -74,6 +74,9 @@ pub struct Metrics {
     shadow_dropped: IntCounterVec,
     recorded: IntCounterVec,
     record_dropped: IntCounterVec,
+    rollout_weight: prometheus::GaugeVec,
+    rollout_step: prometheus::IntGaugeVec,
+    rollout_state: prometheus::IntGaugeVec,
     client_handled: IntCounterVec,
     client_seconds: HistogramVec,
     server_handled: IntCounterVec,
@@ -151,6 +154,39 @@ fn build_metrics() -> Result<Metrics, prometheus::Error> {
              (shadow_unhealthy, queue_full, deadline, primary_failed).",
             &["stage", "reason"],
         )?,
+        rollout_weight: {
+            let g = prometheus::GaugeVec::new(
+                Opts::new(
+                    "feeds_rollout_weight",
+                    "Percent of users a rollout sends to its candidate, by stage.",
+                ),
+                &["stage"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        rollout_step: {
+            let g = prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "feeds_rollout_step",
+                    "The step a rollout is at (0 is the allow-listed users when it has them), by stage.",
+                ),
+                &["stage"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        rollout_state: {
+            let g = prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "feeds_rollout_state",
+                    "1 for the state a rollout is in (running, paused, complete, rolled_back, aborted), by stage.",
+                ),
+                &["stage", "state"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
         recorded: plain(
             "feeds_recorded_total",
             "Calls handed to the recorder, by stage.",
@@ -468,6 +504,122 @@ pub(crate) fn count_shadow_dropped(stage: &str, reason: &str) {
     {
         c.inc();
     }
+}
+
+/// Publishes a rollout's position: its weight, step and state.
+pub(crate) fn set_rollout(stage: Stage, weight: f64, step: i64, state: &str) {
+    let Some(m) = METRICS.as_ref() else { return };
+    if let Ok(g) = m
+        .rollout_weight
+        .get_metric_with_label_values(&[stage.name()])
+    {
+        g.set(weight);
+    }
+    if let Ok(g) = m.rollout_step.get_metric_with_label_values(&[stage.name()]) {
+        g.set(step);
+    }
+    for s in ["running", "paused", "complete", "rolled_back", "aborted"] {
+        if let Ok(g) = m
+            .rollout_state
+            .get_metric_with_label_values(&[stage.name(), s])
+        {
+            g.set(i64::from(s == state));
+        }
+    }
+}
+
+/// Calls this process made to one target of a stage, as counted so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallStats {
+    /// Calls answered.
+    pub calls: u64,
+    /// Of those, answered with an error.
+    pub errors: u64,
+    /// Cumulative counts per duration bucket (the histogram's bounds, then +Inf).
+    pub buckets: Vec<u64>,
+}
+
+impl CallStats {
+    /// What has been added since `earlier`.
+    pub fn since(&self, earlier: &CallStats) -> CallStats {
+        CallStats {
+            calls: self.calls.saturating_sub(earlier.calls),
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// Errors over calls.
+    pub fn error_rate(&self) -> f64 {
+        self.errors as f64 / self.calls.max(1) as f64
+    }
+
+    /// The upper bound of the histogram bucket holding the 99th percentile,
+    /// in seconds (`f64::INFINITY` past the last bound, 0 with no calls).
+    pub fn p99(&self) -> f64 {
+        let total = self.buckets.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0.0;
+        }
+        let want = (total as f64 * 0.99).ceil() as u64;
+        self.buckets
+            .iter()
+            .position(|c| *c >= want)
+            .map_or(f64::INFINITY, |i| {
+                BUCKETS.get(i).copied().unwrap_or(f64::INFINITY)
+            })
+    }
+}
+
+/// The client-side calls this process made to `stage` through `target`, of
+/// the given traffic kinds (`live`, `stress`, `shadow`), all methods.
+pub fn client_stats(stage: Stage, target: &str, traffic: &[&str]) -> CallStats {
+    use prometheus::core::Collector as _;
+    let Some(m) = METRICS.as_ref() else {
+        return CallStats::default();
+    };
+    let matches = |metric: &prometheus::proto::Metric| {
+        let label = |name: &str| {
+            metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_owned())
+        };
+        label("callee").as_deref() == Some(stage.name())
+            && label("target").as_deref() == Some(target)
+            && label("traffic").is_some_and(|t| traffic.contains(&t.as_str()))
+            && label("grpc_code").is_none_or(|c| c != "OK")
+    };
+    let mut out = CallStats {
+        buckets: vec![0; BUCKETS.len() + 1],
+        ..CallStats::default()
+    };
+    for family in m.client_seconds.collect() {
+        for metric in family.get_metric().iter().filter(|x| matches(x)) {
+            let h = metric.get_histogram();
+            out.calls += h.get_sample_count();
+            for (i, b) in h.get_bucket().iter().enumerate() {
+                if let Some(slot) = out.buckets.get_mut(i) {
+                    *slot += b.cumulative_count();
+                }
+            }
+            if let Some(last) = out.buckets.last_mut() {
+                *last += h.get_sample_count();
+            }
+        }
+    }
+    for family in m.client_handled.collect() {
+        for metric in family.get_metric().iter().filter(|x| matches(x)) {
+            out.errors += metric.get_counter().get_value() as u64;
+        }
+    }
+    out
 }
 
 /// Counts one call handed to `stage`'s recorder.

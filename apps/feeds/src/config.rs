@@ -39,6 +39,8 @@ config_with_stages! {
         /// Per hosted stage, a sample of its calls recorded to files for
         /// `feeds replay`.
         pub record: BTreeMap<String, proxy_api::record::RecordConfig>,
+        /// Per routed stage, a gated move of its calls to a candidate target.
+        pub rollout: BTreeMap<String, proxy_api::rollout::RolloutConfig>,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -175,6 +177,8 @@ pub struct Plan {
     pub metrics_listen: Option<SocketAddr>,
     /// Parsed `process.trusted_peers`.
     pub trusted_peers: Vec<Cidr>,
+    /// Stages under a rollout (`[rollout.<stage>]`).
+    pub rollouts: Vec<Stage>,
 }
 
 /// One routed stage of a [`Plan`].
@@ -309,6 +313,20 @@ impl Config {
             });
         }
         routes.sort_by_key(|r| r.stage);
+        for (name, rollout) in &self.rollout {
+            let prefix = format!("rollout.{name}");
+            let route = Stage::from_name(name).and_then(|s| routes.iter().find(|r| r.stage == s));
+            let Some(route) = route else {
+                return Err(ConfigError::new(
+                    prefix,
+                    format!(
+                        "{name:?} is not a routed stage here: a rollout moves the route of a stage with `routes.{name}` (at least `routes.{name} = []`)"
+                    ),
+                ));
+            };
+            let targets = proxy_api::rollout::targets(hosted.contains(&route.stage), &route.pools);
+            rollout.validate(&prefix, &targets)?;
+        }
         let trusted_peers = self
             .process
             .trusted_peers
@@ -415,6 +433,11 @@ impl Config {
             routes,
             metrics_listen,
             trusted_peers,
+            rollouts: self
+                .rollout
+                .keys()
+                .filter_map(|n| Stage::from_name(n))
+                .collect(),
         })
     }
 }

@@ -284,6 +284,7 @@ pub async fn eval(
         routes: Vec::new(),
         metrics_listen: None,
         trusted_peers: Vec::new(),
+        rollouts: Vec::new(),
     };
     let world = Arc::new(wiring::world(&config)?);
     let hidden = world.truth().ok_or(EvalError::NoTruth)?;

@@ -152,6 +152,7 @@ where
             reload,
         ))
     });
+    let rollouts = start_rollouts(config, plan, &registry);
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = metrics.map(|l| {
         if let Ok(addr) = l.local_addr() {
@@ -167,6 +168,9 @@ where
     if let Some(task) = reloader {
         task.abort();
     }
+    for task in rollouts {
+        task.abort();
+    }
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
@@ -177,6 +181,65 @@ where
 }
 
 /// Reloads routes and pools on every SIGHUP, for as long as it runs.
+/// Starts every `[rollout.<stage>]`, and a task that turns SIGUSR1 into
+/// pause/resume and SIGUSR2 into abort for all of them.
+fn start_rollouts(
+    config: &Config,
+    plan: &Plan,
+    registry: &std::sync::Arc<proxy_api::Registry>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use proxy_api::rollout::{Command, Rollout};
+    let mut tasks = Vec::new();
+    let mut senders = Vec::new();
+    for (name, rollout) in &config.rollout {
+        let Some(route) = plan.routes.iter().find(|r| r.stage.name() == name) else {
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        senders.push(tx);
+        let rollout = Rollout::new(
+            route.stage,
+            rollout.clone(),
+            route.rules.clone(),
+            route.pools.clone(),
+            config.process.limits,
+            std::sync::Arc::clone(registry),
+        );
+        tasks.push(tokio::spawn(rollout.run(rx)));
+    }
+    if senders.is_empty() {
+        return tasks;
+    }
+    tasks.push(tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut usr1), Ok(mut usr2)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            tracing::warn!(
+                "SIGUSR1/SIGUSR2 cannot be caught: rollouts cannot be paused or aborted"
+            );
+            return;
+        };
+        let mut paused = false;
+        loop {
+            let command = tokio::select! {
+                Some(()) = usr1.recv() => {
+                    paused = !paused;
+                    if paused { Command::Pause } else { Command::Resume }
+                }
+                Some(()) = usr2.recv() => Command::Abort,
+                else => return,
+            };
+            tracing::warn!("rollouts: {command:?} (signal)");
+            for tx in &senders {
+                let _ = tx.send(command).await;
+            }
+        }
+    }));
+    tasks
+}
+
 async fn follow_sighup<F>(
     registry: std::sync::Arc<proxy_api::Registry>,
     mut running: Plan,

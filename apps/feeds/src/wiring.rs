@@ -144,13 +144,23 @@ pub fn reload(
     }
     let limits = config.process.limits;
     let mut lines = Vec::new();
+    // A rollout owns its stage's table until it ends (its rules are read
+    // at start-up).
+    let rolling = |stage: proxy_api::Stage| running.rollouts.contains(&stage);
     for r in &plan.routes {
+        if rolling(r.stage) {
+            lines.push(format!(
+                "{}: kept: its table is a rollout's (restart to change the rollout or its rules)",
+                r.stage.name()
+            ));
+            continue;
+        }
         lines.extend(registry.reload_route(r.stage, &r.rules, &r.pools, limits)?);
     }
     for old in running
         .routes
         .iter()
-        .filter(|o| !plan.routes.iter().any(|r| r.stage == o.stage))
+        .filter(|o| !plan.routes.iter().any(|r| r.stage == o.stage) && !rolling(o.stage))
     {
         let mut pools = std::collections::BTreeMap::new();
         if let Some((_, remote)) = plan.remotes.iter().find(|(s, _)| *s == old.stage) {
