@@ -240,6 +240,7 @@ fn interleaved(rt: &Runtime, observed: &Arc<dyn Recall>, unobserved: &Arc<dyn Re
 fn registry(observe_local_calls: bool) -> Registry {
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls,
+        ..RuntimeOptions::default()
     });
     registry.provide_recall(Arc::new(Echo)).expect("provide");
     registry

@@ -62,6 +62,9 @@ pub struct ServeOptions {
     /// Carry pass-through fields (the user context) as the bytes that
     /// arrived; false decodes them on arrival, as every hop once did.
     pub pass_through: bool,
+    /// Each stage's limit and compute pool, shared with the caller side
+    /// ([`crate::RuntimeOptions::bulkheads`]).
+    pub bulkheads: crate::overload::Bulkheads,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +74,7 @@ impl Default for ServeOptions {
             default_deadline: None,
             trusted_peers: Arc::from([]),
             pass_through: true,
+            bulkheads: crate::overload::Bulkheads::default(),
         }
     }
 }
@@ -149,7 +153,7 @@ impl Registry {
         limits: Limits,
     ) -> Result<Vec<String>, RegistryError> {
         let (slots, options) = self.slots_mut();
-        let options = *options;
+        let options = options.clone();
         slots
             .into_iter()
             .find(|slot| slot.stage() == stage)
@@ -166,7 +170,7 @@ impl Registry {
         pools: &std::collections::BTreeMap<String, RemoteConfig>,
         limits: Limits,
     ) -> Result<Vec<String>, RegistryError> {
-        let options = *self.options();
+        let options = self.options().clone();
         self.slots()
             .into_iter()
             .find(|slot| slot.stage() == stage)

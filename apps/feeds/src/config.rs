@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use proxy_api::overload::{LimitMode, StageLimit, VegasConfig};
 use proxy_api::route::{Cidr, DEFAULT_POOL, LOCAL, RouteRule};
+use proxy_api::tls::TlsConfig;
 use proxy_api::{ConfigError, Limits, RemoteConfig, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,9 @@ config_with_stages! {
         /// Per stage, the ordered rules that pick where each call to it
         /// goes (`local` or a pool); reloaded on SIGHUP.
         pub routes: BTreeMap<String, Vec<RouteRule>>,
+        /// Per stage, its bulkhead: how many of its calls run at once in
+        /// this process and whether they run on the compute pool.
+        pub limits: BTreeMap<String, StageLimitConfig>,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -63,9 +68,24 @@ pub struct ProcessConfig {
     /// After the drain, how long in-flight requests may take to finish
     /// before the process exits anyway.
     pub grace_ms: u64,
-    /// Requests handled at once by this process; past it, new requests get
+    /// The hard ceiling of stage requests handled at once by this process
+    /// (the adaptive limit never goes above it; with `concurrency_limit =
+    /// "fixed"` it is the limit). Past the limit, new requests get
     /// RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
     pub max_concurrent_requests: usize,
+    /// `adaptive`: the limit follows latency (Vegas, between
+    /// `min_concurrent_requests` and the ceiling), so excess load is refused
+    /// without per-machine tuning; `fixed`: the ceiling is the limit.
+    pub concurrency_limit: ConcurrencyLimit,
+    /// The adaptive limit never goes below this.
+    pub min_concurrent_requests: usize,
+    /// The adaptive limit at start, before any latency is measured.
+    pub initial_concurrent_requests: usize,
+    /// Worker threads of the compute pool CPU-heavy stages run on (see
+    /// `[limits.<stage>]`); 0 means one per core.
+    pub compute_threads: usize,
+    /// Mutual TLS for the server and every remote client of this process.
+    pub tls: TlsConfig,
     /// Deadline of a request that arrives without `grpc-timeout`; 0 means none.
     pub default_deadline_ms: u64,
     /// HTTP/2 keepalive ping interval of the server; 0 turns it off.
@@ -85,6 +105,39 @@ pub struct ProcessConfig {
     /// switchable so `feeds bench` can show both in one run).
     pub pass_through: bool,
 }
+
+/// How `process.max_concurrent_requests` is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyLimit {
+    /// Follows latency, under the ceiling.
+    #[default]
+    Adaptive,
+    /// The ceiling is the limit.
+    Fixed,
+}
+
+/// One `[limits.<stage>]` section: the stage's bulkhead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageLimitConfig {
+    /// Calls of the stage in flight at once in this process (in-process and
+    /// served together); past it, RESOURCE_EXHAUSTED at once. Default: 32 per
+    /// compute thread for a compute stage, 256 for the others. 0: no limit.
+    pub max_concurrent: Option<usize>,
+    /// Run the stage's calls on the compute pool, off the async workers.
+    /// Default: true for `recall` and `finerank` (CPU-heavy), false otherwise.
+    pub compute: Option<bool>,
+}
+
+/// Stages whose calls run on the compute pool unless configured otherwise.
+const COMPUTE_STAGES: [Stage; 2] = [Stage::Recall, Stage::FineRank];
+
+/// A stage's limit when `[limits.<stage>]` does not set one.
+const DEFAULT_STAGE_LIMIT: usize = 256;
+
+/// A compute stage's default limit, per compute thread.
+const DEFAULT_COMPUTE_LIMIT_PER_THREAD: usize = 32;
 
 /// The `[telemetry]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +196,11 @@ impl Default for ProcessConfig {
             drain_ms: 1_000,
             grace_ms: 10_000,
             max_concurrent_requests: 1_024,
+            concurrency_limit: ConcurrencyLimit::Adaptive,
+            min_concurrent_requests: 4,
+            initial_concurrent_requests: 20,
+            compute_threads: 0,
+            tls: TlsConfig::default(),
             default_deadline_ms: 5_000,
             keepalive_ms: 20_000,
             keepalive_timeout_ms: 10_000,
@@ -169,6 +227,14 @@ pub struct Plan {
     pub metrics_listen: Option<SocketAddr>,
     /// Parsed `process.trusted_peers`.
     pub trusted_peers: Vec<Cidr>,
+    /// How stage requests are admitted (`None`: no limit).
+    pub admission: Option<LimitMode>,
+    /// Every stage's bulkhead, chain order (defaults filled in).
+    pub stage_limits: Vec<(Stage, StageLimit)>,
+    /// Worker threads of the compute pool (resolved: at least 1).
+    pub compute_threads: usize,
+    /// Parsed `process.tls.health_listen`, when TLS is on and it is set.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// One routed stage of a [`Plan`].
@@ -381,6 +447,19 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
         self.validate_stages()?;
+        self.process.tls.validate("process.tls")?;
+        let health_listen = match self.process.tls.enabled {
+            true => self.process.tls.health_listen.parse::<SocketAddr>().ok(),
+            false => None,
+        };
+        if health_listen.is_some_and(|h| h.port() != 0 && h == listen) {
+            return Err(ConfigError::new(
+                "process.tls.health_listen",
+                "must differ from process.listen",
+            ));
+        }
+        let admission = self.admission()?;
+        let (stage_limits, compute_threads) = self.stage_limits()?;
         Ok(Plan {
             listen,
             hosted,
@@ -388,7 +467,108 @@ impl Config {
             routes,
             metrics_listen,
             trusted_peers,
+            admission,
+            stage_limits,
+            compute_threads,
+            health_listen,
         })
+    }
+
+    /// `process.max_concurrent_requests` and the adaptive limit's keys, checked.
+    fn admission(&self) -> Result<Option<LimitMode>, ConfigError> {
+        let p = &self.process;
+        const MAX: usize = 1_000_000;
+        if p.max_concurrent_requests > MAX {
+            return Err(ConfigError::new(
+                "process.max_concurrent_requests",
+                format!("{} is above {MAX}", p.max_concurrent_requests),
+            ));
+        }
+        let ceiling = match p.max_concurrent_requests {
+            0 => MAX,
+            n => n,
+        };
+        for (key, value) in [
+            ("min_concurrent_requests", p.min_concurrent_requests),
+            ("initial_concurrent_requests", p.initial_concurrent_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    format!("process.{key}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if p.initial_concurrent_requests < p.min_concurrent_requests {
+            return Err(ConfigError::new(
+                "process.initial_concurrent_requests",
+                format!(
+                    "{} is below process.min_concurrent_requests ({})",
+                    p.initial_concurrent_requests, p.min_concurrent_requests
+                ),
+            ));
+        }
+        // A lower ceiling alone is enough: the floor and the start follow it.
+        let min = p.min_concurrent_requests.min(ceiling);
+        Ok(match (p.concurrency_limit, p.max_concurrent_requests) {
+            (ConcurrencyLimit::Fixed, 0) => None,
+            (ConcurrencyLimit::Fixed, n) => Some(LimitMode::Fixed(n)),
+            (ConcurrencyLimit::Adaptive, _) => Some(LimitMode::Adaptive(VegasConfig {
+                initial: p.initial_concurrent_requests.clamp(min, ceiling),
+                min,
+                max: ceiling,
+                ..VegasConfig::default()
+            })),
+        })
+    }
+
+    /// Every stage's bulkhead from `[limits.<stage>]` and the defaults, and
+    /// the compute pool's size.
+    fn stage_limits(&self) -> Result<(Vec<(Stage, StageLimit)>, usize), ConfigError> {
+        if self.process.compute_threads > 256 {
+            return Err(ConfigError::new(
+                "process.compute_threads",
+                format!("{} is above 256", self.process.compute_threads),
+            ));
+        }
+        let threads = match self.process.compute_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        for (name, limit) in &self.limits {
+            let key = format!("limits.{name}");
+            if Stage::from_name(name).is_none() {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("unknown stage {name:?} (known: {})", known_stages()),
+                ));
+            }
+            if limit.max_concurrent.is_some_and(|n| n > 1_000_000) {
+                return Err(ConfigError::new(
+                    format!("{key}.max_concurrent"),
+                    "is above 1000000",
+                ));
+            }
+        }
+        let limits = Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let set = self.limits.get(stage.name()).copied().unwrap_or_default();
+                let compute = set.compute.unwrap_or(COMPUTE_STAGES.contains(&stage));
+                let max_concurrent = set.max_concurrent.unwrap_or(match compute {
+                    true => DEFAULT_COMPUTE_LIMIT_PER_THREAD * threads,
+                    false => DEFAULT_STAGE_LIMIT,
+                });
+                (
+                    stage,
+                    StageLimit {
+                        max_concurrent,
+                        compute,
+                    },
+                )
+            })
+            .collect();
+        Ok((limits, threads))
     }
 }
 

@@ -284,6 +284,11 @@ pub async fn eval(
         routes: Vec::new(),
         metrics_listen: None,
         trusted_peers: Vec::new(),
+        // Offline: no admission limit, no bulkheads, no compute pool.
+        admission: None,
+        stage_limits: Vec::new(),
+        compute_threads: 0,
+        health_listen: None,
     };
     let world = Arc::new(wiring::world(&config)?);
     let hidden = world.truth().ok_or(EvalError::NoTruth)?;

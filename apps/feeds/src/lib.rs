@@ -41,8 +41,8 @@ mod wiring;
 
 pub use config::LINKED;
 pub use config::{
-    Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan, TelemetryConfig,
-    figment, load,
+    ConcurrencyLimit, Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan,
+    StageLimitConfig, TelemetryConfig, figment, load,
 };
 #[cfg(feature = "lab")]
 pub use echo::run_echo;
