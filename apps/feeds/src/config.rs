@@ -758,4 +758,98 @@ mod tests {
         assert!(ok.routes[0].pools.contains_key("canary"));
         assert!(ok.remotes.is_empty());
     }
+
+    #[test]
+    fn admission_and_bulkheads_default_and_follow_the_keys() {
+        let plan = Config::default().validate().expect("defaults are valid");
+        match plan.admission {
+            Some(LimitMode::Adaptive(v)) => {
+                assert_eq!((v.initial, v.min, v.max), (20, 4, 1_024));
+            }
+            other => panic!("default admission {other:?}"),
+        }
+        let threads = plan.compute_threads;
+        assert!(threads >= 1);
+        let limit = |plan: &Plan, stage: Stage| {
+            plan.stage_limits
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map(|(_, l)| *l)
+                .expect("every stage has a bulkhead")
+        };
+        assert_eq!(
+            limit(&plan, Stage::Recall),
+            StageLimit {
+                max_concurrent: 32 * threads,
+                compute: true
+            }
+        );
+        assert_eq!(
+            limit(&plan, Stage::Split),
+            StageLimit {
+                max_concurrent: 256,
+                compute: false
+            }
+        );
+
+        let mut c = Config::default();
+        c.process.max_concurrent_requests = 2;
+        c.process.concurrency_limit = ConcurrencyLimit::Adaptive;
+        match c.validate().expect("a small ceiling alone is valid").admission {
+            // The floor and the start follow a lower ceiling.
+            Some(LimitMode::Adaptive(v)) => assert_eq!((v.initial, v.min, v.max), (2, 2, 2)),
+            other => panic!("{other:?}"),
+        }
+        c.process.concurrency_limit = ConcurrencyLimit::Fixed;
+        assert_eq!(
+            c.validate().expect("valid").admission,
+            Some(LimitMode::Fixed(2))
+        );
+        c.process.max_concurrent_requests = 0;
+        assert_eq!(c.validate().expect("valid").admission, None);
+
+        let mut c = Config::default();
+        c.process.compute_threads = 3;
+        c.limits.insert(
+            "split".into(),
+            StageLimitConfig {
+                max_concurrent: Some(7),
+                compute: Some(true),
+            },
+        );
+        let plan = c.validate().expect("valid");
+        assert_eq!(plan.compute_threads, 3);
+        assert_eq!(
+            limit(&plan, Stage::Split),
+            StageLimit {
+                max_concurrent: 7,
+                compute: true
+            }
+        );
+        assert_eq!(limit(&plan, Stage::FineRank).max_concurrent, 96);
+    }
+
+    #[test]
+    fn concurrency_rejections_name_the_key() {
+        let key = |cfg: Config| cfg.validate().expect_err("invalid").key;
+        let mut c = Config::default();
+        c.process.min_concurrent_requests = 0;
+        assert_eq!(key(c), "process.min_concurrent_requests");
+        let mut c = Config::default();
+        c.process.initial_concurrent_requests = 2;
+        assert_eq!(key(c), "process.initial_concurrent_requests");
+        let mut c = Config::default();
+        c.process.compute_threads = 257;
+        assert_eq!(key(c), "process.compute_threads");
+        let mut c = Config::default();
+        c.limits.insert("ranker".into(), StageLimitConfig::default());
+        assert_eq!(key(c), "limits.ranker");
+        let mut c = Config::default();
+        c.process.tls.enabled = true;
+        assert_eq!(key(c), "process.tls.cert_file");
+        let mut c = Config::default();
+        c.process.tls.enabled = true;
+        c.process.tls.health_listen = "nowhere".into();
+        assert_eq!(key(c), "process.tls.health_listen");
+    }
 }
