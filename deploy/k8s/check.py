@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = K8S / "overlays"
-EXPECTED_OVERLAYS = ("single-binary", "microservices", "mixed", "per-tenant")
+EXPECTED_OVERLAYS = ("single-binary", "microservices", "mixed", "per-tenant", "mixed-mtls")
 VENV = REPO / "target" / "deploy-tools" / "venv"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 IMAGE_TOML = REPO / "deploy" / "docker" / "feeds.toml"
@@ -80,14 +80,21 @@ DEFAULT_GRACE_MS = 10000
 DEFAULT_TERMINATION_GRACE_S = 30  # Kubernetes' default
 KNOWN_SECTIONS = {
     "process", "remote", "world", "business", "split", "rerank", "finerank", "recall", "telemetry",
-    "routes",
+    "routes", "limits",
 }
 # Keys of the sections this script reads (apps/feeds/src/config.rs,
 # proxy-api/src/remote.rs, proxy-api/src/route.rs); the binary rejects any other.
 KNOWN_KEYS = {
     "process": {"listen", "host", "limits", "worker_threads", "drain_ms", "grace_ms",
                 "max_concurrent_requests", "default_deadline_ms", "keepalive_ms",
-                "keepalive_timeout_ms", "max_connection_age_ms", "trusted_peers"},
+                "keepalive_timeout_ms", "max_connection_age_ms", "trusted_peers",
+                "pass_through", "concurrency_limit", "min_concurrent_requests",
+                "initial_concurrent_requests", "compute_threads", "tls"},
+    # [process.tls]: mutual TLS between the processes.
+    "tls": {"enabled", "cert_file", "key_file", "ca_file", "server_name", "reload_interval_ms",
+            "health_listen"},
+    # [limits.<stage>]: the stage's bulkhead.
+    "limits": {"max_concurrent", "compute"},
     "remote": {"endpoints", "connect_timeout_ms", "resolve_interval_ms", "health_interval_ms",
                "keepalive_ms", "keepalive_timeout_ms", "max_attempts", "retry_budget_tokens",
                "retry_token_ratio", "subset_size", "subset_client_id", "pools"},
@@ -245,6 +252,15 @@ class Pod:
     pools: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # The stages with routes.<stage>, and the targets each can name here.
     routes: dict[str, list[str]] = field(default_factory=dict)
+    # [process.tls] when enabled: its files by key, and the plaintext health
+    # listener the probes must use (the kubelet's gRPC probes speak no TLS).
+    tls_files: dict[str, str] = field(default_factory=dict)
+    health_port: int | None = None
+    tls_server_name: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_files)
 
     @property
     def name(self) -> str:
@@ -347,6 +363,67 @@ def locate_config(pod: Pod, volumes: dict, rep: Report) -> None:
     rep.add("config", pod.where, "volumeMounts", f"nothing is mounted at {path}, the config file")
 
 
+def read_tls(pod: Pod, process: dict, remote: dict, rep: Report) -> None:
+    """[process.tls]: its keys, its files, and the health listener probes use."""
+    w = pod.where_config
+    tls = process.get("tls")
+    if tls is None:
+        return
+    if not isinstance(tls, dict):
+        rep.add("tls", w, "process.tls", "must be a table")
+        return
+    unknown_keys(tls, KNOWN_KEYS["tls"], "process.tls", w, rep)
+    if tls.get("enabled") is not True:
+        return
+    for key in ("cert_file", "key_file", "ca_file"):
+        path = tls.get(key)
+        if not isinstance(path, str) or not path.startswith("/"):
+            rep.add("tls", w, f"process.tls.{key}", "required: an absolute path in the pod")
+        else:
+            pod.tls_files[key] = path
+    hl = tls.get("health_listen", "")
+    hp = split_host_port(str(hl)) if hl else None
+    if hp is None:
+        rep.add("tls", w, "process.tls.health_listen",
+                "required with TLS on: the kubelet's gRPC probes speak no TLS, so they need "
+                "the plaintext health listener (e.g. \"0.0.0.0:50052\")")
+    elif hp[0] in ("localhost", "::1") or hp[0].startswith("127."):
+        rep.add("tls", w, "process.tls.health_listen",
+                f"{hl} binds loopback: the kubelet cannot probe it")
+    else:
+        pod.health_port = hp[1]
+    pod.tls_server_name = str(tls.get("server_name", ""))
+    dns = [f"remote.{s}" for s, sec in remote.items() if isinstance(sec, dict)
+           and any(str(e).startswith("dns:///") for e in sec.get("endpoints") or [])]
+    if dns and not pod.tls_server_name:
+        rep.add("tls", w, "process.tls.server_name",
+                f"{', '.join(dns)} resolve to pod IPs, which no certificate names: set the "
+                "name every certificate carries")
+
+
+def check_tls_mounts(pod: Pod, spec: dict, rep: Report) -> None:
+    """Each TLS file comes from a Secret volume mounted without subPath (a
+    subPath mount never sees the Secret change, so rotation would not reach
+    the process)."""
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    for key, path in pod.tls_files.items():
+        # The most specific mount holding the path wins, as in the pod.
+        mounts = [vm for vm in pod.container.get("volumeMounts") or []
+                  if path.startswith(vm.get("mountPath", "").rstrip("/") + "/")
+                  or (vm.get("subPath") and path == vm.get("mountPath"))]
+        mount = max(mounts, key=lambda vm: len(vm.get("mountPath", "")), default=None)
+        if mount is None:
+            rep.add("tls", pod.where, f"process.tls.{key}",
+                    f"nothing is mounted at {path}: mount the Secret holding it")
+            continue
+        if mount.get("subPath"):
+            rep.add("tls", pod.where, f"volumeMounts[{mount.get('name')}].subPath",
+                    f"{path} is mounted with subPath, so a rotated Secret never reaches it")
+        if "secret" not in volumes.get(mount.get("name"), {}):
+            rep.add("tls", pod.where, f"volumes[{mount.get('name')}]",
+                    f"{path} (process.tls.{key}) must come from a Secret volume")
+
+
 def load_pod(dep: dict, configmaps: dict, rep: Report) -> Pod | None:
     import tomllib
 
@@ -436,6 +513,16 @@ def read_config(pod: Pod, rep: Report) -> None:
                             f"{ml} binds loopback: Prometheus cannot scrape it")
 
     routes = cfg.get("routes") if isinstance(cfg.get("routes"), dict) else {}
+
+    read_tls(pod, process, remote, rep)
+    limits = cfg.get("limits") if isinstance(cfg.get("limits"), dict) else {}
+    for stage, section in limits.items():
+        if stage not in STAGES:
+            rep.add("keys", w, f"limits.{stage}", f"unknown stage {stage!r}")
+        elif not isinstance(section, dict):
+            rep.add("keys", w, f"limits.{stage}", "must be a table")
+        else:
+            unknown_keys(section, KNOWN_KEYS["limits"], f"limits.{stage}", w, rep)
 
     peers = process.get("trusted_peers", [])
     if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
@@ -794,12 +881,22 @@ def check_pod(pod: Pod, pods: list[Pod], services: dict, exposes: dict,
     if not selects(dep["spec"].get("selector"), pod.labels):
         rep.add("service", w, "spec.selector", "does not select the Deployment's own pod template")
 
-    # (ii) listen port: container port, probes, Service targetPorts.
+    # (ii) listen port: container port, probes, Service targetPorts. With
+    # TLS on, probes go to the plaintext health listener instead.
     lp = pod.listen_port
     cports = {p.get("containerPort") for p in c.get("ports") or []}
     if lp is not None and lp not in cports:
         rep.add("ports", w, f"{cpath}.ports",
                 f"no containerPort {lp} (process.listen is {pod.listen})")
+    probe_port, probe_why = lp, f"process.listen is {pod.listen}"
+    if pod.tls:
+        check_tls_mounts(pod, spec, rep)
+        probe_port = pod.health_port
+        probe_why = (f"with process.tls on, probes must use process.tls.health_listen "
+                     f"(port {pod.health_port}): the kubelet speaks no TLS")
+        if pod.health_port is not None and pod.health_port not in cports:
+            rep.add("ports", w, f"{cpath}.ports",
+                    f"no containerPort {pod.health_port} (process.tls.health_listen)")
     for kind, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"),
                           ("readinessProbe", "")):
         probe = c.get(kind)
@@ -810,9 +907,9 @@ def check_pod(pod: Pod, pods: list[Pod], services: dict, exposes: dict,
         if not grpc:
             rep.add("probes", w, f"{cpath}.{kind}", "must be a native gRPC probe (grpc:)")
             continue
-        if lp is not None and grpc.get("port") != lp:
+        if probe_port is not None and grpc.get("port") != probe_port:
             rep.add("probes", w, f"{cpath}.{kind}.grpc.port",
-                    f"{grpc.get('port')} but process.listen is {pod.listen}")
+                    f"{grpc.get('port')} but {probe_why}")
         got = grpc.get("service", "")
         if got != service:
             why = ("`liveness` ignores downstreams and draining, so an outage downstream does "
@@ -842,7 +939,7 @@ def check_pod(pod: Pod, pods: list[Pod], services: dict, exposes: dict,
                         f"{target!r} names no port of Deployment {pod.name}'s container")
             elif resolved == lp:
                 to_listen += 1
-            elif resolved != pod.metrics_port:
+            elif resolved not in (pod.metrics_port, pod.health_port):
                 rep.add("ports", f"Service/{n}", f"spec.ports[{i}].targetPort",
                         f"{target!r} resolves to {resolved} in Deployment {pod.name}, but "
                         f"process.listen is {pod.listen}")
@@ -1243,9 +1340,63 @@ mutate_liveness_service = per_object("Deployment", 'livenessProbe service ""',
                                      set_liveness_service)
 mutate_loopback_listen = per_toml("listen on 127.0.0.1", lambda t: re.sub(
     r'^listen\s*=\s*"[^"]*:(\d+)"', r'listen = "127.0.0.1:\1"', t, count=1, flags=re.M))
-mutate_listen_port = per_toml("process.listen port + 7", lambda t: re.sub(
+mutate_listen_port_all = per_toml("process.listen port + 7", lambda t: re.sub(
     r'^(listen\s*=\s*"[^"]*:)(\d+)"', lambda m: f'{m.group(1)}{int(m.group(2)) + 7}"',
     t, count=1, flags=re.M))
+
+
+def mutate_listen_port(docs):
+    """Plaintext pods only: an mTLS pod's probes aim at health_listen, so
+    moving process.listen leaves them right (the Service check catches it)."""
+    tls = {cm["metadata"]["name"] for cm, k in toml_docs(docs) if "[process.tls]" in cm["data"][k]}
+    for label, f in mutate_listen_port_all(docs):
+        if label.split(" ")[0] not in tls:
+            yield label, f
+
+
+def tls_deployments(docs):
+    for i, dep in enumerate(kinds(docs, "Deployment")):
+        vols = dep["spec"]["template"]["spec"].get("volumes") or []
+        if any(v.get("name") == "tls" and "secret" in v for v in vols):
+            yield i, dep
+
+
+def mutate_tls_volume(docs):
+    for i, dep in tls_deployments(docs):
+        def f(ds, i=i):
+            spec = kinds(ds, "Deployment")[i]["spec"]["template"]["spec"]
+            vol = next(v for v in spec["volumes"] if v.get("name") == "tls")
+            vol.pop("secret")
+            vol["emptyDir"] = {}
+        yield f"{dep['metadata']['name']} volume tls from an emptyDir", f
+
+
+def mutate_tls_subpath(docs):
+    for i, dep in tls_deployments(docs):
+        def f(ds, i=i):
+            c = feeds_container(kinds(ds, "Deployment")[i])
+            vm = next(v for v in c["volumeMounts"] if v.get("name") == "tls")
+            vm["mountPath"], vm["subPath"] = "/etc/feeds/tls/tls.crt", "tls.crt"
+        yield f"{dep['metadata']['name']} tls mounted with subPath", f
+
+
+def mutate_tls_probe_port(docs):
+    for i, dep in tls_deployments(docs):
+        def f(ds, i=i):
+            c = feeds_container(kinds(ds, "Deployment")[i])
+            c["readinessProbe"]["grpc"]["port"] = 50051
+        yield f"{dep['metadata']['name']} readinessProbe on the TLS port", f
+
+
+mutate_tls_no_health_all = per_toml("health_listen removed", lambda t: re.sub(
+    r'^health_listen\s*=.*\n', "", t, flags=re.M))
+
+
+def mutate_tls_no_health(docs):
+    tls = {cm["metadata"]["name"] for cm, k in toml_docs(docs) if "[process.tls]" in cm["data"][k]}
+    for label, f in mutate_tls_no_health_all(docs):
+        if label.split(" ")[0] in tls:
+            yield label, f
 
 
 # (name, the check that must fire, variants); the first six are the required set.
@@ -1267,6 +1418,10 @@ MUTATIONS = (
     ("liveness probe asks the readiness service", "probes", mutate_liveness_service),
     ("listen on loopback", "listen", mutate_loopback_listen),
     ("listen port moved, probes and Service not", "probes", mutate_listen_port),
+    ("TLS files not from a Secret", "tls", mutate_tls_volume),
+    ("TLS Secret mounted with subPath (no rotation)", "tls", mutate_tls_subpath),
+    ("mTLS pod probed on its TLS port", "probes", mutate_tls_probe_port),
+    ("mTLS pod without a plaintext health listener", "tls", mutate_tls_no_health),
 )
 
 
@@ -1438,6 +1593,11 @@ def describe_local(rendered: dict[str, list[dict]]) -> dict:
                 "pool_endpoints": p.pools,
                 # Routed stages and the targets their routes may name.
                 "routes": p.routes,
+                # [process.tls] on: the plaintext health port probes use, and
+                # the name the certificates must carry.
+                "tls": p.tls,
+                "health_port": p.health_port,
+                "tls_server_name": p.tls_server_name,
             })
         out["overlays"][overlay] = {"entry_service": entry[0] if len(entry) == 1 else None,
                                     "pods": pod_list}

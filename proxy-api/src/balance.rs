@@ -329,7 +329,11 @@ impl Balancer {
         }
         Some(Arc::new(Backend {
             key: key.to_owned(),
-            channel: endpoint.connect_lazy(),
+            channel: match &self.config.tls {
+                // The connector sets TCP_NODELAY itself.
+                Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+                None => endpoint.connect_lazy(),
+            },
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(FIRST_EJECTION.as_millis() as u64),

@@ -250,6 +250,14 @@ impl Cx {
         }
     }
 
+    /// Starts the own-time clock again, on the thread that will run the
+    /// stage: a hop moved to the compute pool made its child on the caller's.
+    pub(crate) fn restart_timer(&mut self) {
+        if self.timer.is_some() {
+            self.timer = Some(SelfTimer::start());
+        }
+    }
+
     /// Leaves a note for whoever reads this request's `explain` output: it
     /// appears under the running stage's timing. Does nothing (and costs a
     /// branch) when the request is not explaining.

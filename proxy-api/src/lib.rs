@@ -15,8 +15,10 @@
 //!   headers, shared hop to hop.
 //! - `stack`: the runtime as tower layers, caller side (observe -> deadline ->
 //!   binding) and server side (deadline -> observe -> implementation).
-//! - `server`: the process around the served stacks: listener, shedding and
+//! - `server`: the process around the served stacks: listener, admission and
 //!   size limits, health that follows downstreams, reflection, drain and grace.
+//! - `overload`: the adaptive concurrency limit the server admits through,
+//!   per-stage bulkheads and the compute pool CPU-heavy stages run on.
 //! - `factory`: [`StageFactory`], the hook each stage crate exports (its config
 //!   section and constructor), with [`Deps`] and [`Resources`].
 //! - `route`: per-stage route tables (rules on tenant, dye, stress tag and
@@ -42,6 +44,8 @@
 //!   target off the request path and compared with the served answers.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
+//! - `tls`: mutual TLS between processes, with certificate files reloaded
+//!   when they change.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
 
 mod balance;
@@ -51,6 +55,7 @@ pub mod diff;
 mod error;
 mod factory;
 pub mod observe;
+pub mod overload;
 mod passthrough;
 pub mod record;
 mod registry;
@@ -62,6 +67,7 @@ pub mod shadow;
 mod slot;
 pub mod stack;
 mod timing;
+pub mod tls;
 
 /// Prost messages and tonic clients/servers for `feeds.v1` (generated).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -64,6 +64,9 @@ pub struct ServeOptions {
     pub pass_through: bool,
     /// The recorders of the stages served (`[record.<stage>]`).
     pub recorders: Arc<crate::record::Recorders>,
+    /// Each stage's limit and compute pool, shared with the caller side
+    /// ([`crate::RuntimeOptions::bulkheads`]).
+    pub bulkheads: crate::overload::Bulkheads,
 }
 
 impl Default for ServeOptions {
@@ -74,6 +77,7 @@ impl Default for ServeOptions {
             trusted_peers: Arc::from([]),
             pass_through: true,
             recorders: Arc::default(),
+            bulkheads: crate::overload::Bulkheads::default(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct RemoteConfig {
     /// above is the pool named `default`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub pools: BTreeMap<String, RemoteConfig>,
+    /// Mutual TLS for these connections: the process's `[process.tls]`,
+    /// attached by the process (never written in a config file).
+    #[serde(skip)]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for RemoteConfig {
@@ -59,6 +63,7 @@ impl Default for RemoteConfig {
             subset_size: 0,
             subset_client_id: None,
             pools: BTreeMap::new(),
+            tls: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The process around the served stacks: one gRPC listener serving every
 //! locally bound stage, health and reflection, behind the server-side HTTP
-//! layers (shed, concurrency limit, size-limit status), with readiness that
-//! follows the remote downstreams and a drain-then-grace shutdown.
+//! layers (admission through the adaptive concurrency limit, size-limit
+//! status), with readiness that follows the remote downstreams and a
+//! drain-then-grace shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,9 +34,10 @@ pub struct ServerOptions {
     pub drain: Duration,
     /// After the drain, how long in-flight requests may take to finish.
     pub grace: Duration,
-    /// Requests handled at once; past it, RESOURCE_EXHAUSTED at once.
-    /// `None` means no limit.
-    pub max_concurrent_requests: Option<usize>,
+    /// How many stage requests are admitted at once (fixed, or adaptive
+    /// under a ceiling); past it, RESOURCE_EXHAUSTED at once. Health and
+    /// reflection are never limited. `None` means no limit.
+    pub admission: Option<crate::overload::LimitMode>,
     /// HTTP/2 keepalive ping interval; `None` turns it off.
     pub keepalive: Option<Duration>,
     /// How long a keepalive ping may go unanswered.
@@ -44,6 +46,8 @@ pub struct ServerOptions {
     pub max_connection_age: Option<Duration>,
     /// Carry pass-through fields undecoded (see [`crate::PassThrough`]).
     pub pass_through: bool,
+    /// Serve mutual TLS only (see [`crate::tls`]); `None`: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl ServerOptions {
@@ -54,6 +58,25 @@ impl ServerOptions {
             trusted_peers: Arc::clone(&self.trusted_peers),
             pass_through: self.pass_through,
             recorders: Arc::default(),
+            bulkheads: crate::overload::Bulkheads::default(),
+        }
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            trusted_peers: Arc::from([]),
+            limits: Limits::default(),
+            default_deadline: None,
+            drain: Duration::ZERO,
+            grace: Duration::from_secs(10),
+            admission: None,
+            keepalive: None,
+            keepalive_timeout: None,
+            max_connection_age: None,
+            pass_through: true,
+            tls: None,
         }
     }
 }
@@ -105,10 +128,27 @@ pub async fn run(
     options: &ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_health(registry, listener, None, options, shutdown).await
+}
+
+/// As [`run`], and serves the same health statuses in plaintext on
+/// `health`, when given: only `grpc.health.v1`, for probes that speak no
+/// TLS while the main listener is mutual TLS only.
+pub async fn run_with_health(
+    registry: &Registry,
+    listener: TcpListener,
+    health: Option<TcpListener>,
+    options: &ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let health_listener = health;
     // The server adapters record into the same recorders as the registry's
-    // local bindings: one writer per stage.
+    // local bindings (one writer per stage), and share each stage's bulkhead
+    // with the registry's local stacks, so a stage's limit counts its calls
+    // however they arrive.
     let serve_options = ServeOptions {
         recorders: Arc::clone(&registry.options().recorders),
+        bulkheads: registry.options().bulkheads.clone(),
         ..options.serve_options()
     };
     let (routes, served) = registry.routes(&serve_options);
@@ -142,6 +182,20 @@ pub async fn run(
     let listen = listener.local_addr().ok();
     tracing::info!(listen = ?listen, services = ?served.iter().map(|s| s.service_name()).collect::<Vec<_>>(), "serving");
 
+    let plain_health = health_listener.map(|l| {
+        let service = health_service.clone();
+        tokio::spawn(async move {
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = served {
+                tracing::error!("plaintext health listener: {e}");
+            }
+        })
+    });
+
     let draining = Arc::new(AtomicBool::new(false));
     let readiness = tokio::spawn(follow_downstreams(
         registry.balancers(),
@@ -154,6 +208,8 @@ pub async fn run(
     // within the grace period, then return regardless.
     let (drain, grace) = (options.drain, options.grace);
     let (draining_done, grace_started) = tokio::sync::oneshot::channel::<()>();
+    // Tells the TLS listener loop (which owns the socket) to stop accepting.
+    let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
     let stop_following = readiness.abort_handle();
     let signal = async move {
         shutdown.await;
@@ -171,6 +227,7 @@ pub async fn run(
         }
         tokio::time::sleep(drain).await;
         tracing::info!("shutdown: refusing new connections, finishing in-flight requests");
+        let _ = stop_accepting.send(true);
         let _ = draining_done.send(());
     };
     let hard_stop = async move {
@@ -179,9 +236,9 @@ pub async fn run(
             Err(_) => std::future::pending().await,
         }
     };
-    let limit = options
-        .max_concurrent_requests
-        .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS);
+    let admission = options.admission.map(|mode| {
+        crate::overload::AdmitLayer::new(crate::overload::Limiter::new("process", mode))
+    });
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(options.keepalive)
@@ -189,17 +246,30 @@ pub async fn run(
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    // The server side's HTTP layers: shed -> limit -> size-limit status.
-    let server = builder
-        .load_shed(true)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
+    // The server side's HTTP layers: admission -> size-limit status.
+    let router = builder
+        .layer(tower::util::option_layer(admission))
         .layer(tower::util::MapResponseLayer::new(size_limit_status))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_service(reflection_v1alpha);
+    type Serving =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let server: Serving = match &options.tls {
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        Some(tls) => {
+            let mut accepting = accepting;
+            let stop = async move {
+                let _ = accepting.wait_for(|stop| *stop).await;
+            };
+            let incoming = tls.incoming(listener, stop);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
     let result = tokio::select! {
         result = server => result.map_err(ServerError::from),
         () = hard_stop => {
@@ -208,6 +278,9 @@ pub async fn run(
         }
     };
     readiness.abort();
+    if let Some(task) = plain_health {
+        task.abort();
+    }
     result
 }
 

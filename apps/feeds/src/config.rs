@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use proxy_api::overload::{LimitMode, StageLimit, VegasConfig};
 use proxy_api::route::{Cidr, DEFAULT_POOL, LOCAL, RouteRule};
+use proxy_api::tls::TlsConfig;
 use proxy_api::{ConfigError, Limits, RemoteConfig, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +43,9 @@ config_with_stages! {
         pub record: BTreeMap<String, proxy_api::record::RecordConfig>,
         /// Per routed stage, a gated move of its calls to a candidate target.
         pub rollout: BTreeMap<String, proxy_api::rollout::RolloutConfig>,
+        /// Per stage, its bulkhead: how many of its calls run at once in
+        /// this process and whether they run on the compute pool.
+        pub limits: BTreeMap<String, StageLimitConfig>,
     }
     // The linked stage crates, by config key: the one list to extend when a
     // stage is added.
@@ -71,9 +76,24 @@ pub struct ProcessConfig {
     /// After the drain, how long in-flight requests may take to finish
     /// before the process exits anyway.
     pub grace_ms: u64,
-    /// Requests handled at once by this process; past it, new requests get
+    /// The hard ceiling of stage requests handled at once by this process
+    /// (the adaptive limit never goes above it; with `concurrency_limit =
+    /// "fixed"` it is the limit). Past the limit, new requests get
     /// RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
     pub max_concurrent_requests: usize,
+    /// `adaptive`: the limit follows latency (Vegas, between
+    /// `min_concurrent_requests` and the ceiling), so excess load is refused
+    /// without per-machine tuning; `fixed`: the ceiling is the limit.
+    pub concurrency_limit: ConcurrencyLimit,
+    /// The adaptive limit never goes below this.
+    pub min_concurrent_requests: usize,
+    /// The adaptive limit at start, before any latency is measured.
+    pub initial_concurrent_requests: usize,
+    /// Worker threads of the compute pool CPU-heavy stages run on (see
+    /// `[limits.<stage>]`); 0 means one per core.
+    pub compute_threads: usize,
+    /// Mutual TLS for the server and every remote client of this process.
+    pub tls: TlsConfig,
     /// Deadline of a request that arrives without `grpc-timeout`; 0 means none.
     pub default_deadline_ms: u64,
     /// HTTP/2 keepalive ping interval of the server; 0 turns it off.
@@ -93,6 +113,39 @@ pub struct ProcessConfig {
     /// switchable so `feeds bench` can show both in one run).
     pub pass_through: bool,
 }
+
+/// How `process.max_concurrent_requests` is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyLimit {
+    /// Follows latency, under the ceiling.
+    #[default]
+    Adaptive,
+    /// The ceiling is the limit.
+    Fixed,
+}
+
+/// One `[limits.<stage>]` section: the stage's bulkhead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageLimitConfig {
+    /// Calls of the stage in flight at once in this process (in-process and
+    /// served together); past it, RESOURCE_EXHAUSTED at once. Default: 32 per
+    /// compute thread for a compute stage, 256 for the others. 0: no limit.
+    pub max_concurrent: Option<usize>,
+    /// Run the stage's calls on the compute pool, off the async workers.
+    /// Default: true for `recall` and `finerank` (CPU-heavy), false otherwise.
+    pub compute: Option<bool>,
+}
+
+/// Stages whose calls run on the compute pool unless configured otherwise.
+const COMPUTE_STAGES: [Stage; 2] = [Stage::Recall, Stage::FineRank];
+
+/// A stage's limit when `[limits.<stage>]` does not set one.
+const DEFAULT_STAGE_LIMIT: usize = 256;
+
+/// A compute stage's default limit, per compute thread.
+const DEFAULT_COMPUTE_LIMIT_PER_THREAD: usize = 32;
 
 /// The `[telemetry]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +204,11 @@ impl Default for ProcessConfig {
             drain_ms: 1_000,
             grace_ms: 10_000,
             max_concurrent_requests: 1_024,
+            concurrency_limit: ConcurrencyLimit::Adaptive,
+            min_concurrent_requests: 4,
+            initial_concurrent_requests: 20,
+            compute_threads: 0,
+            tls: TlsConfig::default(),
             default_deadline_ms: 5_000,
             keepalive_ms: 20_000,
             keepalive_timeout_ms: 10_000,
@@ -179,6 +237,14 @@ pub struct Plan {
     pub trusted_peers: Vec<Cidr>,
     /// Stages under a rollout (`[rollout.<stage>]`).
     pub rollouts: Vec<Stage>,
+    /// How stage requests are admitted (`None`: no limit).
+    pub admission: Option<LimitMode>,
+    /// Every stage's bulkhead, chain order (defaults filled in).
+    pub stage_limits: Vec<(Stage, StageLimit)>,
+    /// Worker threads of the compute pool (resolved: at least 1).
+    pub compute_threads: usize,
+    /// Parsed `process.tls.health_listen`, when TLS is on and it is set.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// One routed stage of a [`Plan`].
@@ -426,6 +492,19 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::new(format!("world.{}", e.key), e.message))?;
         self.validate_stages()?;
+        self.process.tls.validate("process.tls")?;
+        let health_listen = match self.process.tls.enabled {
+            true => self.process.tls.health_listen.parse::<SocketAddr>().ok(),
+            false => None,
+        };
+        if health_listen.is_some_and(|h| h.port() != 0 && h == listen) {
+            return Err(ConfigError::new(
+                "process.tls.health_listen",
+                "must differ from process.listen",
+            ));
+        }
+        let admission = self.admission()?;
+        let (stage_limits, compute_threads) = self.stage_limits()?;
         Ok(Plan {
             listen,
             hosted,
@@ -438,7 +517,108 @@ impl Config {
                 .keys()
                 .filter_map(|n| Stage::from_name(n))
                 .collect(),
+            admission,
+            stage_limits,
+            compute_threads,
+            health_listen,
         })
+    }
+
+    /// `process.max_concurrent_requests` and the adaptive limit's keys, checked.
+    fn admission(&self) -> Result<Option<LimitMode>, ConfigError> {
+        let p = &self.process;
+        const MAX: usize = 1_000_000;
+        if p.max_concurrent_requests > MAX {
+            return Err(ConfigError::new(
+                "process.max_concurrent_requests",
+                format!("{} is above {MAX}", p.max_concurrent_requests),
+            ));
+        }
+        let ceiling = match p.max_concurrent_requests {
+            0 => MAX,
+            n => n,
+        };
+        for (key, value) in [
+            ("min_concurrent_requests", p.min_concurrent_requests),
+            ("initial_concurrent_requests", p.initial_concurrent_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    format!("process.{key}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if p.initial_concurrent_requests < p.min_concurrent_requests {
+            return Err(ConfigError::new(
+                "process.initial_concurrent_requests",
+                format!(
+                    "{} is below process.min_concurrent_requests ({})",
+                    p.initial_concurrent_requests, p.min_concurrent_requests
+                ),
+            ));
+        }
+        // A lower ceiling alone is enough: the floor and the start follow it.
+        let min = p.min_concurrent_requests.min(ceiling);
+        Ok(match (p.concurrency_limit, p.max_concurrent_requests) {
+            (ConcurrencyLimit::Fixed, 0) => None,
+            (ConcurrencyLimit::Fixed, n) => Some(LimitMode::Fixed(n)),
+            (ConcurrencyLimit::Adaptive, _) => Some(LimitMode::Adaptive(VegasConfig {
+                initial: p.initial_concurrent_requests.clamp(min, ceiling),
+                min,
+                max: ceiling,
+                ..VegasConfig::default()
+            })),
+        })
+    }
+
+    /// Every stage's bulkhead from `[limits.<stage>]` and the defaults, and
+    /// the compute pool's size.
+    fn stage_limits(&self) -> Result<(Vec<(Stage, StageLimit)>, usize), ConfigError> {
+        if self.process.compute_threads > 256 {
+            return Err(ConfigError::new(
+                "process.compute_threads",
+                format!("{} is above 256", self.process.compute_threads),
+            ));
+        }
+        let threads = match self.process.compute_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        for (name, limit) in &self.limits {
+            let key = format!("limits.{name}");
+            if Stage::from_name(name).is_none() {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("unknown stage {name:?} (known: {})", known_stages()),
+                ));
+            }
+            if limit.max_concurrent.is_some_and(|n| n > 1_000_000) {
+                return Err(ConfigError::new(
+                    format!("{key}.max_concurrent"),
+                    "is above 1000000",
+                ));
+            }
+        }
+        let limits = Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let set = self.limits.get(stage.name()).copied().unwrap_or_default();
+                let compute = set.compute.unwrap_or(COMPUTE_STAGES.contains(&stage));
+                let max_concurrent = set.max_concurrent.unwrap_or(match compute {
+                    true => DEFAULT_COMPUTE_LIMIT_PER_THREAD * threads,
+                    false => DEFAULT_STAGE_LIMIT,
+                });
+                (
+                    stage,
+                    StageLimit {
+                        max_concurrent,
+                        compute,
+                    },
+                )
+            })
+            .collect();
+        Ok((limits, threads))
     }
 }
 
@@ -627,5 +807,99 @@ mod tests {
         assert_eq!(ok.routes.len(), 1);
         assert!(ok.routes[0].pools.contains_key("canary"));
         assert!(ok.remotes.is_empty());
+    }
+
+    #[test]
+    fn admission_and_bulkheads_default_and_follow_the_keys() {
+        let plan = Config::default().validate().expect("defaults are valid");
+        match plan.admission {
+            Some(LimitMode::Adaptive(v)) => {
+                assert_eq!((v.initial, v.min, v.max), (20, 4, 1_024));
+            }
+            other => panic!("default admission {other:?}"),
+        }
+        let threads = plan.compute_threads;
+        assert!(threads >= 1);
+        let limit = |plan: &Plan, stage: Stage| {
+            plan.stage_limits
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map(|(_, l)| *l)
+                .expect("every stage has a bulkhead")
+        };
+        assert_eq!(
+            limit(&plan, Stage::Recall),
+            StageLimit {
+                max_concurrent: 32 * threads,
+                compute: true
+            }
+        );
+        assert_eq!(
+            limit(&plan, Stage::Split),
+            StageLimit {
+                max_concurrent: 256,
+                compute: false
+            }
+        );
+
+        let mut c = Config::default();
+        c.process.max_concurrent_requests = 2;
+        c.process.concurrency_limit = ConcurrencyLimit::Adaptive;
+        match c.validate().expect("a small ceiling alone is valid").admission {
+            // The floor and the start follow a lower ceiling.
+            Some(LimitMode::Adaptive(v)) => assert_eq!((v.initial, v.min, v.max), (2, 2, 2)),
+            other => panic!("{other:?}"),
+        }
+        c.process.concurrency_limit = ConcurrencyLimit::Fixed;
+        assert_eq!(
+            c.validate().expect("valid").admission,
+            Some(LimitMode::Fixed(2))
+        );
+        c.process.max_concurrent_requests = 0;
+        assert_eq!(c.validate().expect("valid").admission, None);
+
+        let mut c = Config::default();
+        c.process.compute_threads = 3;
+        c.limits.insert(
+            "split".into(),
+            StageLimitConfig {
+                max_concurrent: Some(7),
+                compute: Some(true),
+            },
+        );
+        let plan = c.validate().expect("valid");
+        assert_eq!(plan.compute_threads, 3);
+        assert_eq!(
+            limit(&plan, Stage::Split),
+            StageLimit {
+                max_concurrent: 7,
+                compute: true
+            }
+        );
+        assert_eq!(limit(&plan, Stage::FineRank).max_concurrent, 96);
+    }
+
+    #[test]
+    fn concurrency_rejections_name_the_key() {
+        let key = |cfg: Config| cfg.validate().expect_err("invalid").key;
+        let mut c = Config::default();
+        c.process.min_concurrent_requests = 0;
+        assert_eq!(key(c), "process.min_concurrent_requests");
+        let mut c = Config::default();
+        c.process.initial_concurrent_requests = 2;
+        assert_eq!(key(c), "process.initial_concurrent_requests");
+        let mut c = Config::default();
+        c.process.compute_threads = 257;
+        assert_eq!(key(c), "process.compute_threads");
+        let mut c = Config::default();
+        c.limits.insert("ranker".into(), StageLimitConfig::default());
+        assert_eq!(key(c), "limits.ranker");
+        let mut c = Config::default();
+        c.process.tls.enabled = true;
+        assert_eq!(key(c), "process.tls.cert_file");
+        let mut c = Config::default();
+        c.process.tls.enabled = true;
+        c.process.tls.health_listen = "nowhere".into();
+        assert_eq!(key(c), "process.tls.health_listen");
     }
 }

@@ -285,6 +285,11 @@ pub async fn eval(
         metrics_listen: None,
         trusted_peers: Vec::new(),
         rollouts: Vec::new(),
+        // Offline: no admission limit, no bulkheads, no compute pool.
+        admission: None,
+        stage_limits: Vec::new(),
+        compute_threads: 0,
+        health_listen: None,
     };
     let world = Arc::new(wiring::world(&config)?);
     let hidden = world.truth().ok_or(EvalError::NoTruth)?;

@@ -51,8 +51,8 @@ mod wiring;
 
 pub use config::LINKED;
 pub use config::{
-    Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan, TelemetryConfig,
-    figment, load,
+    ConcurrencyLimit, Config, ENV_PREFIX, LoadError, LogFormat, Plan, ProcessConfig, RoutePlan,
+    StageLimitConfig, TelemetryConfig, figment, load,
 };
 pub use diff_report::{DiffReportError, fetch as fetch_diff_report, table as diff_table};
 #[cfg(feature = "lab")]

@@ -123,6 +123,10 @@ enum Command {
         /// each request's intended send time.
         #[arg(long)]
         rate: Option<f64>,
+        /// Also check health (service `""`) every this many ms on a
+        /// connection of its own, and report its latency.
+        #[arg(long)]
+        health_ms: Option<u64>,
     },
     #[cfg(feature = "lab")]
     /// Start the five-pod topology with two replicas of every stage, put it
@@ -325,7 +329,8 @@ fn main() -> ExitCode {
             seconds,
             tenant,
             rate,
-        } => load_test(addr, kb, concurrency, seconds, tenant, rate),
+            health_ms,
+        } => load_test(addr, kb, concurrency, seconds, tenant, rate, health_ms),
         #[cfg(feature = "lab")]
         Command::Chaos {
             stages,
@@ -687,7 +692,12 @@ fn load_test(
     seconds: f64,
     tenant: Option<String>,
     rate: Option<f64>,
+    health_ms: Option<u64>,
 ) -> ExitCode {
+    if health_ms.is_some_and(|ms| ms == 0 || ms > 60_000) {
+        eprintln!("error: --health-ms: must be 1..=60000");
+        return ExitCode::from(2);
+    }
     if let Some(rate) = rate
         && !(rate > 0.0 && rate <= 100_000.0)
     {
@@ -710,6 +720,7 @@ fn load_test(
             Duration::from_secs_f64(seconds),
             tenant,
             rate,
+            health_ms.map(Duration::from_millis),
         ))?;
         println!("{}", phase.summary());
         Ok(())

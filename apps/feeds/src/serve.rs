@@ -29,6 +29,14 @@ pub enum ServeError {
     /// The stages could not be set up.
     #[error(transparent)]
     Wiring(#[from] crate::wiring::WiringError),
+    /// `process.tls.health_listen` cannot be bound.
+    #[error("process.tls.health_listen: cannot listen on {addr}: {source}")]
+    HealthBind {
+        /// The address from the config.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// `telemetry.metrics_listen` cannot be bound.
     #[error("telemetry.metrics_listen: cannot listen on {addr}: {source}")]
     MetricsBind {
@@ -48,6 +56,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// `telemetry.metrics_listen`: `GET /metrics`.
     pub metrics: Option<TcpListener>,
+    /// `process.tls.health_listen`: plaintext health for probes.
+    pub health: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
@@ -55,6 +65,7 @@ impl From<TcpListener> for Listeners {
         Self {
             grpc,
             metrics: None,
+            health: None,
         }
     }
 }
@@ -77,7 +88,20 @@ pub fn bind(plan: &Plan) -> Result<Listeners, ServeError> {
                 .map_err(|source| ServeError::MetricsBind { addr, source })?,
         ),
     };
-    Ok(Listeners { grpc, metrics })
+    let health = match plan.health_listen {
+        None => None,
+        Some(addr) => {
+            let err = |source| ServeError::HealthBind { addr, source };
+            let std = std::net::TcpListener::bind(addr).map_err(err)?;
+            std.set_nonblocking(true).map_err(err)?;
+            Some(TcpListener::from_std(std).map_err(err)?)
+        }
+    };
+    Ok(Listeners {
+        grpc,
+        metrics,
+        health,
+    })
 }
 
 /// One line per stage: how this process reaches it.
@@ -101,12 +125,12 @@ pub fn server_options(config: &Config, plan: &Plan) -> ServerOptions {
         default_deadline: ms(p.default_deadline_ms),
         drain: Duration::from_millis(p.drain_ms),
         grace: Duration::from_millis(p.grace_ms),
-        max_concurrent_requests: (p.max_concurrent_requests > 0)
-            .then_some(p.max_concurrent_requests),
+        admission: plan.admission,
         keepalive: ms(p.keepalive_ms),
         keepalive_timeout: ms(p.keepalive_timeout_ms),
         max_connection_age: ms(p.max_connection_age_ms),
         pass_through: p.pass_through,
+        tls: None,
     }
 }
 
@@ -139,6 +163,7 @@ where
     let Listeners {
         grpc: listener,
         metrics,
+        health,
     } = listeners.into();
     let registry = std::sync::Arc::new(wiring::build(config, plan)?);
     let listen = listener.local_addr().unwrap_or(plan.listen);
@@ -163,8 +188,15 @@ where
             let _ = metrics_stopped.await;
         }))
     });
+    let mut options = server_options(config, plan);
+    // The server presents and verifies with the same material as the clients.
+    if let Some(tls) = &registry.options().tls {
+        let tls = proxy_api::tls::ServerTls::new(std::sync::Arc::clone(tls.material()))
+            .map_err(|e| crate::wiring::WiringError::Tls(format!("process.tls: {e}")))?;
+        options.tls = Some(tls);
+    }
     let result =
-        proxy_api::server::run(&registry, listener, &server_options(config, plan), shutdown).await;
+        proxy_api::server::run_with_health(&registry, listener, health, &options, shutdown).await;
     if let Some(task) = reloader {
         task.abort();
     }
@@ -201,7 +233,7 @@ fn start_rollouts(
             route.stage,
             rollout.clone(),
             route.rules.clone(),
-            route.pools.clone(),
+            crate::wiring::pools_with_tls(registry, &route.pools),
             config.process.limits,
             std::sync::Arc::clone(registry),
         );

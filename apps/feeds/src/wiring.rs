@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use proxy_api::overload::Bulkheads;
+use proxy_api::tls::{ClientTls, Material};
 use proxy_api::{BuildError, Registry, RegistryError, Resources, RuntimeOptions};
 use world::{World, WorldDir};
 
@@ -26,6 +28,12 @@ pub enum WiringError {
         /// What it said.
         message: String,
     },
+    /// The TLS files could not be loaded.
+    #[error("{0}")]
+    Tls(String),
+    /// The compute pool's threads could not be started.
+    #[error("process.compute_threads: cannot start the compute pool: {0}")]
+    ComputePool(std::io::Error),
 }
 
 /// The world `config` describes: loaded from `world.dir` or generated.
@@ -82,20 +90,41 @@ pub fn build_with(
         .filter_map(|(name, r)| Some((proxy_api::Stage::from_name(name)?, r.clone())))
         .collect();
     let recorders = proxy_api::record::Recorders::new(&recorders).map_err(RegistryError::from)?;
+    // Bulkheads for the hosted stages only: a remote stage's calls are
+    // bounded by its own process.
+    let bulkheads = Bulkheads::new(
+        plan.stage_limits
+            .iter()
+            .filter(|(stage, _)| plan.hosts(*stage))
+            .copied(),
+        plan.compute_threads,
+    )
+    .map_err(WiringError::ComputePool)?;
+    let tls = match config.process.tls.enabled {
+        false => None,
+        true => {
+            let material = Material::load(&config.process.tls, "process.tls")
+                .map_err(|e| WiringError::Tls(e.to_string()))?;
+            Some(ClientTls::new(material).map_err(|e| WiringError::Tls(e.to_string()))?)
+        }
+    };
     let mut registry = Registry::with_options(RuntimeOptions {
         observe_local_calls: config.telemetry.observe_local_calls,
         shadows: Arc::new(shadows),
         recorders: Arc::new(recorders),
+        bulkheads,
+        tls,
     });
     let limits = config.process.limits;
     for (stage, remote) in &plan.remotes {
-        registry.bind_remote(*stage, remote, limits)?;
+        registry.bind_remote(*stage, &with_tls(&registry, remote), limits)?;
     }
     // A stage's routes are in place before anything that calls it is built:
     // callers keep the stub they are given.
     let route = |registry: &mut Registry, stage: proxy_api::Stage| -> Result<(), WiringError> {
         if let Some(r) = plan.routes.iter().find(|r| r.stage == stage) {
-            for line in registry.route(stage, &r.rules, &r.pools, limits)? {
+            let pools = pools_with_tls(registry, &r.pools);
+            for line in registry.route(stage, &r.rules, &pools, limits)? {
                 tracing::info!(target: "feeds::routes", "{line}");
             }
         }
@@ -155,7 +184,8 @@ pub fn reload(
             ));
             continue;
         }
-        lines.extend(registry.reload_route(r.stage, &r.rules, &r.pools, limits)?);
+        let pools = pools_with_tls(registry, &r.pools);
+        lines.extend(registry.reload_route(r.stage, &r.rules, &pools, limits)?);
     }
     for old in running
         .routes
@@ -164,9 +194,33 @@ pub fn reload(
     {
         let mut pools = std::collections::BTreeMap::new();
         if let Some((_, remote)) = plan.remotes.iter().find(|(s, _)| *s == old.stage) {
-            pools.insert(proxy_api::route::DEFAULT_POOL.to_owned(), remote.clone());
+            pools.insert(
+                proxy_api::route::DEFAULT_POOL.to_owned(),
+                with_tls(registry, remote),
+            );
         }
         lines.extend(registry.reload_route(old.stage, &[], &pools, limits)?);
     }
     Ok(lines)
+}
+
+/// `remote` with the process's mutual TLS attached, when it has any.
+fn with_tls(registry: &Registry, remote: &proxy_api::RemoteConfig) -> proxy_api::RemoteConfig {
+    let mut remote = remote.clone();
+    remote.tls.clone_from(&registry.options().tls);
+    for pool in remote.pools.values_mut() {
+        pool.tls.clone_from(&registry.options().tls);
+    }
+    remote
+}
+
+/// Every pool of `pools` with the process's mutual TLS attached.
+pub(crate) fn pools_with_tls(
+    registry: &Registry,
+    pools: &std::collections::BTreeMap<String, proxy_api::RemoteConfig>,
+) -> std::collections::BTreeMap<String, proxy_api::RemoteConfig> {
+    pools
+        .iter()
+        .map(|(name, pool)| (name.clone(), with_tls(registry, pool)))
+        .collect()
 }

@@ -145,6 +145,86 @@ fn invalid_operations_values() {
 }
 
 #[test]
+fn invalid_concurrency_values() {
+    assert_rejected(
+        "[process]\nmin_concurrent_requests = 0\n",
+        "process.min_concurrent_requests",
+    );
+    assert_rejected(
+        "[process]\nmin_concurrent_requests = 30\ninitial_concurrent_requests = 10\n",
+        "process.initial_concurrent_requests",
+    );
+    assert_rejected(
+        "[process]\nconcurrency_limit = \"gradient\"\n",
+        "concurrency_limit",
+    );
+    assert_rejected(
+        "[process]\ncompute_threads = 100000\n",
+        "process.compute_threads",
+    );
+    assert_rejected("[limits.ranker]\nmax_concurrent = 4\n", "limits.ranker");
+    assert_rejected("[limits.recall]\nqueue = 4\n", "queue");
+}
+
+/// A TLS file that is missing, unreadable as PEM or does not match is
+/// named with its key and its path, besides the config file.
+#[test]
+fn invalid_tls_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).expect("ca");
+    let leaf = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("leaf");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("other");
+    std::fs::write(path("ca.pem"), ca.cert.pem()).expect("write");
+    std::fs::write(path("cert.pem"), leaf.cert.pem()).expect("write");
+    std::fs::write(path("key.pem"), leaf.signing_key.serialize_pem()).expect("write");
+    std::fs::write(path("other-key.pem"), other.signing_key.serialize_pem()).expect("write");
+    std::fs::write(path("garbage.pem"), "not a certificate\n").expect("write");
+    let tls = |cert: &str, key: &str, ca: &str| {
+        format!(
+            "[process.tls]\nenabled = true\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+            path(cert),
+            path(key),
+            path(ca)
+        )
+    };
+    let cases = [
+        (
+            tls("missing.pem", "key.pem", "ca.pem"),
+            "process.tls.cert_file",
+            "missing.pem",
+        ),
+        (
+            tls("cert.pem", "key.pem", "garbage.pem"),
+            "process.tls.ca_file",
+            "garbage.pem",
+        ),
+        (
+            tls("cert.pem", "garbage.pem", "ca.pem"),
+            "process.tls.key_file",
+            "garbage.pem",
+        ),
+        (
+            tls("cert.pem", "other-key.pem", "ca.pem"),
+            "process.tls.key_file",
+            "other-key.pem",
+        ),
+        (
+            tls("garbage.pem", "key.pem", "ca.pem"),
+            "process.tls.cert_file",
+            "garbage.pem",
+        ),
+    ];
+    for (toml, key, file) in cases {
+        assert_rejected(&toml, key);
+        let (out, _) = serve_with(&toml, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(file), "{key}: {file} not named:\n{stderr}");
+    }
+    assert_rejected("[process.tls]\nenabled = true\n", "process.tls.cert_file");
+}
+
+#[test]
 fn metrics_address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");

@@ -76,16 +76,8 @@ async fn serve_recorder(recorder: Arc<Recorder>) -> SocketAddr {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let options = proxy_api::server::ServerOptions {
-        trusted_peers: Arc::from([]),
-        limits: proxy_api::Limits::default(),
-        default_deadline: None,
-        drain: Duration::ZERO,
         grace: Duration::from_secs(1),
-        max_concurrent_requests: None,
-        keepalive: None,
-        keepalive_timeout: None,
-        max_connection_age: None,
-        pass_through: true,
+        ..proxy_api::server::ServerOptions::default()
     };
     tokio::spawn(async move {
         let _ = proxy_api::server::run(&local, listener, &options, std::future::pending()).await;

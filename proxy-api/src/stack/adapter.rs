@@ -6,16 +6,18 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use super::{
-    BoxCall, Call, DeadlineLayer, Explain, Leaf, Method, MethodInfo, Observe, ObserveLayer,
-    RemoteLeaf, RuntimeOptions, ServerDeadline, ServerDeadlineLayer, Timings, call_ref,
+    BoxCall, Bulkhead, BulkheadLayer, Call, DeadlineLayer, Explain, Leaf, Method, MethodInfo,
+    Observe, ObserveLayer, RemoteLeaf, RuntimeOptions, ServerDeadline, ServerDeadlineLayer,
+    Timings, call_ref,
 };
 use crate::observe::{Side, Site};
 use crate::{Balancer, Cx, ServeOptions, Stage, Status};
 
-/// Caller side, `local` binding: observe -> deadline -> the implementation.
+/// Caller side, `local` binding: observe -> deadline -> the stage's
+/// bulkhead -> the implementation (on the compute pool for a compute stage).
 pub struct LocalCall<I: ?Sized, M, R> {
     /// The stack.
-    stack: Observe<super::Deadline<Leaf<I, M, R>>>,
+    stack: Observe<super::Deadline<Bulkhead<Leaf<I, M, R>>>>,
     /// The method, named in recordings.
     info: &'static MethodInfo,
     /// The stage's recorder, when `[record.<stage>]` is set.
@@ -40,11 +42,13 @@ where
         let site = options
             .observe_local_calls
             .then(|| Site::new(Side::Client, "local", stage, name, crate::route::LOCAL));
+        let bulkhead = options.bulkheads.stage(stage);
         Self {
             stack: ServiceBuilder::new()
                 .layer(ObserveLayer::new(site))
                 .layer(DeadlineLayer::new(stage))
-                .service(Leaf::new(imp, method, stage, true)),
+                .layer(BulkheadLayer::new(bulkhead.limiter))
+                .service(Leaf::new(imp, method, stage, true).on_pool(bulkhead.pool)),
             info,
             record: options.recorders.get(stage),
         }
@@ -69,16 +73,22 @@ where
 
     fn call_unrecorded<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
         if self.stack.enabled() {
-            return Box::pin(call_ref::<Observe<super::Deadline<Leaf<I, M, R>>>, M>(
-                &self.stack,
-                Call::new(cx, msg),
-            ));
+            return Box::pin(call_ref::<
+                Observe<super::Deadline<Bulkhead<Leaf<I, M, R>>>>,
+                M,
+            >(&self.stack, Call::new(cx, msg)));
         }
-        // Unobserved, nothing runs after the call: the deadline layer's check
-        // is made here and the leaf's own future handed back, unwrapped.
+        // Unobserved and unlimited, nothing runs after the call: the deadline
+        // layer's check is made here and the leaf's own future handed back,
+        // unwrapped.
         let deadline = self.stack.inner();
+        let bulkhead = deadline.inner();
         match deadline.check(cx, None) {
-            Ok(()) => call_ref::<Leaf<I, M, R>, M>(deadline.inner(), Call::new(cx, msg)),
+            Ok(()) if bulkhead.limited() => Box::pin(call_ref::<Bulkhead<Leaf<I, M, R>>, M>(
+                bulkhead,
+                Call::new(cx, msg),
+            )),
+            Ok(()) => call_ref::<Leaf<I, M, R>, M>(bulkhead.inner(), Call::new(cx, msg)),
             Err(status) => Box::pin(std::future::ready(Err(status))),
         }
     }
@@ -124,11 +134,15 @@ where
     }
 }
 
-/// Server side: deadline (the one timer) -> observe -> the implementation.
-/// Shedding and size limits sit before it, on the HTTP server.
+/// The server-side stack of one method.
+type ServeStack<I, M, R> = ServerDeadline<Observe<Bulkhead<Leaf<I, M, R>>>>;
+
+/// Server side: deadline (the one timer) -> observe -> the stage's bulkhead
+/// -> the implementation (on the compute pool for a compute stage).
+/// Admission and size limits sit before it, on the HTTP server.
 pub struct ServeCall<I: ?Sized, M, R> {
     /// The stack.
-    stack: ServerDeadline<Observe<Leaf<I, M, R>>>,
+    stack: ServeStack<I, M, R>,
     /// The deadline of a request that arrives without `grpc-timeout`.
     default_deadline: Option<Duration>,
     /// The stage served.
@@ -162,11 +176,13 @@ where
         options: &ServeOptions,
     ) -> Self {
         let site = Site::new(Side::Server, "grpc", stage, name, "");
+        let bulkhead = options.bulkheads.stage(stage);
         Self {
             stack: ServiceBuilder::new()
                 .layer(ServerDeadlineLayer::new(stage))
                 .layer(ObserveLayer::new(Some(site)))
-                .service(Leaf::new(imp, method, stage, false)),
+                .layer(BulkheadLayer::new(bulkhead.limiter))
+                .service(Leaf::new(imp, method, stage, false).on_pool(bulkhead.pool)),
             default_deadline: options.default_deadline,
             stage,
             entry: stage.callers().is_empty(),
@@ -193,7 +209,7 @@ where
             .record
             .as_ref()
             .and_then(|r| r.begin(self.info, "grpc", &cx, &msg));
-        let mut stack: &ServerDeadline<Observe<Leaf<I, M, R>>> = &self.stack;
+        let mut stack: &ServeStack<I, M, R> = &self.stack;
         let call: BoxCall<'_, R> = tower::Service::call(&mut stack, Call::new(&cx, msg));
         let out = call.await;
         if let Some(pending) = pending {

@@ -1,14 +1,16 @@
 //! The end of a local stack: the call into the implementation. It passes the
 //! caller's context on as it is unless this hop needs a child: a recorded
 //! span's `traceparent`, own-time accounting for `explain`, or a timer when
-//! no timer above bounds the call tree.
+//! no timer above bounds the call tree. A compute stage's leaf runs the
+//! call on the compute pool (see [`crate::overload::ComputePool`]) instead.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::deadline::within;
 use super::{BoxCall, Call, Explain, Method, Timings};
-use crate::{Stage, Status, pb};
+use crate::overload::ComputePool;
+use crate::{Cx, Stage, Status, pb};
 
 /// Calls one method of an implementation `I`.
 pub struct Leaf<I: ?Sized, M, R> {
@@ -21,6 +23,8 @@ pub struct Leaf<I: ?Sized, M, R> {
     /// Whether an explained call records `stage=local` in the path (caller
     /// side; a served call is recorded by its caller).
     record_path: bool,
+    /// The compute pool the call runs on, for a CPU-heavy stage.
+    pool: Option<ComputePool>,
 }
 
 impl<I: ?Sized, M, R> Leaf<I, M, R> {
@@ -31,15 +35,23 @@ impl<I: ?Sized, M, R> Leaf<I, M, R> {
             method,
             stage,
             record_path,
+            pool: None,
         }
+    }
+
+    /// The same leaf, running its calls on `pool` when there is one.
+    #[must_use]
+    pub fn on_pool(mut self, pool: Option<ComputePool>) -> Self {
+        self.pool = pool;
+        self
     }
 }
 
 impl<'a, I, M, R> tower::Service<Call<'a, M>> for &'a Leaf<I, M, R>
 where
-    I: ?Sized + Send + Sync + 'a,
-    M: Explain + Send + 'a,
-    R: Timings + Send + 'a,
+    I: ?Sized + Send + Sync + 'static,
+    M: Explain + Send + 'static,
+    R: Timings + Send + 'static,
 {
     type Response = R;
     type Error = Status;
@@ -54,6 +66,9 @@ where
         let Call { cx, msg, trace, .. } = call;
         let explain = msg.explain();
         let unbounded = !cx.bounded() && cx.deadline().is_some();
+        if let Some(pool) = &leaf.pool {
+            return Box::pin(leaf.on(pool, cx, msg, trace, explain, unbounded));
+        }
         if !explain && !unbounded && trace.is_none() {
             // The serving path: the implementation's own future, nothing added.
             return (leaf.method)(&leaf.imp, cx, msg);
@@ -71,24 +86,70 @@ where
             if let Some(timer) = cx.timer() {
                 timer.resume();
             }
-            let mut out = out?;
-            if explain && leaf.record_path {
-                cx.push_path(leaf.stage, crate::route::LOCAL);
-            }
-            if let Some(timer) = child.timer() {
-                cx.push_timing(pb::StageTiming {
-                    stage: leaf.stage.name().to_owned(),
-                    self_us: u64::try_from(timer.own().as_micros()).unwrap_or(u64::MAX),
-                    notes: timer.take_notes(),
-                });
-                // The outermost stage of the request answers with them all.
-                if cx.timer().is_none()
-                    && let Some(timings) = out.timings()
-                {
-                    *timings = cx.take_timings();
-                }
-            }
-            Ok(out)
+            leaf.finish(cx, &child, out?, explain)
         })
+    }
+}
+
+impl<I, M, R> Leaf<I, M, R>
+where
+    I: ?Sized + Send + Sync + 'static,
+    M: Explain + Send + 'static,
+    R: Timings + Send + 'static,
+{
+    /// The call on the compute pool: the child context and the
+    /// implementation move onto it (its future must own what it borrows),
+    /// and come back with the answer.
+    async fn on(
+        &self,
+        pool: &ComputePool,
+        cx: &Cx,
+        msg: M,
+        trace: Option<crate::observe::TraceParent>,
+        explain: bool,
+        unbounded: bool,
+    ) -> Result<R, Status> {
+        let mut child = cx.child(trace, explain, unbounded);
+        let (imp, method) = (Arc::clone(&self.imp), self.method);
+        if let Some(timer) = cx.timer() {
+            timer.pause();
+        }
+        let run = pool.spawn(self.stage, async move {
+            // Own time is thread CPU time: start the clock where the stage runs.
+            child.restart_timer();
+            let out = method(&imp, &child, msg).await;
+            (out, child)
+        });
+        let joined = match unbounded {
+            true => within(cx.deadline(), self.stage, run).await,
+            false => run.await,
+        };
+        if let Some(timer) = cx.timer() {
+            timer.resume();
+        }
+        let (out, child) = joined?;
+        self.finish(cx, &child, out?, explain)
+    }
+
+    /// What a finished call adds to an explained request: its path entry
+    /// and its own time, and (outermost) every timing into the response.
+    fn finish(&self, cx: &Cx, child: &Cx, mut out: R, explain: bool) -> Result<R, Status> {
+        if explain && self.record_path {
+            cx.push_path(self.stage, crate::route::LOCAL);
+        }
+        if let Some(timer) = child.timer() {
+            cx.push_timing(pb::StageTiming {
+                stage: self.stage.name().to_owned(),
+                self_us: u64::try_from(timer.own().as_micros()).unwrap_or(u64::MAX),
+                notes: timer.take_notes(),
+            });
+            // The outermost stage of the request answers with them all.
+            if cx.timer().is_none()
+                && let Some(timings) = out.timings()
+            {
+                *timings = cx.take_timings();
+            }
+        }
+        Ok(out)
     }
 }

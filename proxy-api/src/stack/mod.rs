@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! caller side:  [route: XRouted picks a target, when the stage has routes]
-//!               -> observe -> deadline (clock check) -> local leaf | remote leaf (balancer)
-//! server side:  [shed -> limits, on the HTTP server] -> deadline (timer) -> observe -> local leaf
+//!               -> observe -> deadline (clock check)
+//!               -> bulkhead -> local leaf (compute pool for compute stages) | remote leaf (balancer)
+//! server side:  [admission (adaptive limit), size limits: on the HTTP server]
+//!               -> deadline (timer) -> observe -> bulkhead -> local leaf
 //! ```
 //!
 //! The route comes first because each target (`local`, each pool) is its own
@@ -22,13 +24,16 @@
 //! - `observe`: [`Observe`], metrics and spans (see [`crate::observe`]).
 //! - `deadline`: [`Deadline`] (caller side, a clock read) and
 //!   [`ServerDeadline`] (one timer bounding the process's call tree).
+//! - `bulkhead`: [`Bulkhead`], the stage's own concurrency limit (see
+//!   [`crate::overload`]).
 //! - `local`: [`Leaf`], the call into an implementation, with the explain
-//!   own-time accounting.
+//!   own-time accounting, on the compute pool for a compute stage.
 //! - `remote`: [`RemoteLeaf`], the call over the balancer.
 //! - `adapter`: [`LocalCall`], [`RemoteCall`], [`ServeCall`], the stacks the
 //!   generated adapters hold.
 
 mod adapter;
+mod bulkhead;
 mod deadline;
 mod local;
 mod observe;
@@ -42,6 +47,7 @@ use crate::observe::TraceParent;
 use crate::{Cx, Status, pb};
 
 pub use adapter::{LocalCall, RemoteCall, ServeCall};
+pub use bulkhead::{Bulkhead, BulkheadLayer};
 pub use deadline::{Deadline, DeadlineLayer, ServerDeadline, ServerDeadlineLayer};
 pub use local::Leaf;
 pub use observe::{Observe, ObserveLayer};
@@ -137,6 +143,12 @@ pub struct RuntimeOptions {
     pub shadows: std::sync::Arc<crate::shadow::Shadows>,
     /// The recorders of the stages this process hosts (`[record.<stage>]`).
     pub recorders: std::sync::Arc<crate::record::Recorders>,
+    /// Each stage's limit and compute pool, shared with the server side
+    /// ([`crate::ServeOptions::bulkheads`]); the default has none.
+    pub bulkheads: crate::overload::Bulkheads,
+    /// The mutual TLS every remote binding of the process uses (attached to
+    /// each remote config it binds, see [`crate::RemoteConfig::tls`]).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for RuntimeOptions {
@@ -145,6 +157,8 @@ impl Default for RuntimeOptions {
             observe_local_calls: true,
             shadows: std::sync::Arc::default(),
             recorders: std::sync::Arc::default(),
+            bulkheads: crate::overload::Bulkheads::default(),
+            tls: None,
         }
     }
 }

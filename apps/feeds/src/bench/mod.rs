@@ -502,15 +502,21 @@ pub async fn load_once(
     duration: Duration,
     tenant: Option<String>,
     rate: Option<f64>,
+    health_every: Option<Duration>,
 ) -> Result<Phase, BenchError> {
     let clients = clients(addr, concurrency.min(4)).await?;
     // The tenant header needs a `'static` value; one per process run.
     let tenant: Option<&'static str> = tenant.map(|t| &*Box::leak(t.into_boxed_str()));
     let requests = Arc::new(requests(kb, 10_000, false));
-    Ok(match rate {
+    let health = health_every.map(|every| tokio::spawn(load::probe_health(addr, every, duration)));
+    let mut phase = match rate {
         Some(rate) => load::open_loop(&clients, tenant, requests, rate, duration).await,
         None => load::closed_loop(&clients, tenant, requests, concurrency, duration).await,
-    })
+    };
+    if let Some(health) = health {
+        phase.health = health.await.ok();
+    }
+    Ok(phase)
 }
 
 /// Runs the whole bench and returns the report (not yet written).

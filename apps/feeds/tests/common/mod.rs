@@ -148,6 +148,12 @@ pub async fn run_grpc(addr: SocketAddr, cases: &[Case]) -> Vec<Outcome> {
         .connect()
         .await
         .expect("connect to business");
+    run_grpc_on(channel, cases).await
+}
+
+/// Runs every case against the business stage behind `channel`.
+#[allow(dead_code)]
+pub async fn run_grpc_on(channel: tonic::transport::Channel, cases: &[Case]) -> Vec<Outcome> {
     let mut client = BusinessClient::new(channel);
     let mut out = Vec::with_capacity(cases.len());
     for (i, case) in cases.iter().enumerate() {
