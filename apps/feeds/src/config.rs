@@ -845,7 +845,11 @@ mod tests {
         let mut c = Config::default();
         c.process.max_concurrent_requests = 2;
         c.process.concurrency_limit = ConcurrencyLimit::Adaptive;
-        match c.validate().expect("a small ceiling alone is valid").admission {
+        match c
+            .validate()
+            .expect("a small ceiling alone is valid")
+            .admission
+        {
             // The floor and the start follow a lower ceiling.
             Some(LimitMode::Adaptive(v)) => assert_eq!((v.initial, v.min, v.max), (2, 2, 2)),
             other => panic!("{other:?}"),
@@ -892,7 +896,8 @@ mod tests {
         c.process.compute_threads = 257;
         assert_eq!(key(c), "process.compute_threads");
         let mut c = Config::default();
-        c.limits.insert("ranker".into(), StageLimitConfig::default());
+        c.limits
+            .insert("ranker".into(), StageLimitConfig::default());
         assert_eq!(key(c), "limits.ranker");
         let mut c = Config::default();
         c.process.tls.enabled = true;

@@ -2,7 +2,9 @@
 //! finds the process at its limit is answered RESOURCE_EXHAUSTED at once,
 //! before it is decoded or queued; an admitted one holds its place until its
 //! response is ready, and its latency feeds the limit. Health and reflection
-//! are never limited: probes must keep answering under overload.
+//! are never limited: probes must keep answering under overload. Shadow
+//! copies (`x-tandem-shadow`) are shed first: they are admitted only while
+//! fewer than half the limit are in flight.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -78,7 +80,12 @@ where
                 permit: None,
             };
         }
-        match self.limiter.try_acquire() {
+        // Shadow copies are shed first: they take at most half the places.
+        let acquired = match request.headers().contains_key(crate::route::SHADOW) {
+            true => self.limiter.try_acquire_sheddable(),
+            false => self.limiter.try_acquire(),
+        };
+        match acquired {
             Some(permit) => AdmitFuture::Admitted {
                 inner: self.inner.call(request),
                 permit: Some(permit),

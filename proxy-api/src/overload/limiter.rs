@@ -151,7 +151,17 @@ impl Limiter {
     /// Admits one request if fewer than the limit are in flight; `None`
     /// (counted as a refusal) when the limit is reached.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let limit = self.limit();
+        self.acquire_below(self.limit())
+    }
+
+    /// As [`Limiter::try_acquire`], for work that is shed first (shadow
+    /// copies): admitted only while fewer than half the limit are in
+    /// flight, so it never takes the places live requests need.
+    pub fn try_acquire_sheddable(self: &Arc<Self>) -> Option<Permit> {
+        self.acquire_below((self.limit() / 2).max(1))
+    }
+
+    fn acquire_below(self: &Arc<Self>, limit: usize) -> Option<Permit> {
         let admitted = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -262,6 +272,20 @@ mod tests {
         assert_eq!(l.in_flight(), 0);
         assert_eq!(l.refusal().code(), tonic::Code::ResourceExhausted);
         assert!(l.refusal().message().contains("test-fixed"));
+    }
+
+    #[test]
+    fn shadow_work_takes_at_most_half_the_places() {
+        let l = Limiter::new("test-shed", LimitMode::Fixed(4));
+        let shadow: Vec<_> = (0..4).filter_map(|_| l.try_acquire_sheddable()).collect();
+        assert_eq!(shadow.len(), 2, "shadow copies stop at half the limit");
+        let live: Vec<_> = (0..4).filter_map(|_| l.try_acquire()).collect();
+        assert_eq!(live.len(), 2, "live requests take the rest");
+        drop(shadow);
+        assert!(
+            l.try_acquire_sheddable().is_none(),
+            "live requests hold half or more"
+        );
     }
 
     #[test]
