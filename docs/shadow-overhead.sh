@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a shadow costs the requests it copies: two monolith fronts on
-# loopback, the same config except that front S copies every call to split
-# (rate 1.0) to a pod hosting split..recall. Open-loop load goes to one
+# loopback with the same config (split routed `local`, a pool `default` at
+# a pod hosting split..recall), except that front S's rule also copies
+# every call to split (rate 1.0) to that pool as a shadow. Open-loop load goes to one
 # front at a time, in alternating rounds, so both see the same machine:
 #
 #   1. shadow down: the pod is SIGSTOPped (a hung shadow);
@@ -12,7 +13,7 @@
 # counters of front S. Usage (from the repository root, after
 # `cargo build --release --locked -p feeds`):
 #
-#   docs/shadow-overhead.sh              # RATE=200 SECONDS_PER=15 ROUNDS=3
+#   docs/shadow-overhead.sh              # RATE=200 SECONDS_PER=15 ROUNDS=5
 #
 # Every process is stopped on exit. Loopback only.
 set -euo pipefail
@@ -20,7 +21,7 @@ set -euo pipefail
 BIN=${BIN:-target/release/feeds}
 RATE=${RATE:-200}
 SECONDS_PER=${SECONDS_PER:-15}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 [ -x "$BIN" ] || { echo "error: $BIN not built (cargo build --release --locked -p feeds)" >&2; exit 2; }
 
 dir=$(mktemp -d)
@@ -33,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-POD=$(port); A=$(port); S=$(port); M=$(port)
+POD=$(port); A=$(port); S=$(port); M=$(port); MA=$(port)
 
 cat >"$dir/pod.toml" <<EOF
 [process]
@@ -43,6 +44,16 @@ EOF
 cat >"$dir/a.toml" <<EOF
 [process]
 listen = "127.0.0.1:$A"
+
+[remote.split]
+endpoints = ["http://127.0.0.1:$POD"]
+health_interval_ms = 200
+
+[[routes.split]]
+target = "local"
+
+[telemetry]
+metrics_listen = "127.0.0.1:$MA"
 EOF
 cat >"$dir/s.toml" <<EOF
 [process]

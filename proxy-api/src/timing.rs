@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 
+/// `segment` of a stopped timer.
+const STOPPED: u64 = u64::MAX;
+
 fn thread_cpu_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
         u64::try_from(Duration::from(t).as_nanos()).unwrap_or(u64::MAX)
@@ -67,9 +70,22 @@ impl SelfTimer {
         self.segment.store(thread_cpu_ns(), Ordering::Relaxed);
     }
 
-    /// Own CPU time so far, the running segment included.
+    /// Ends the timing for good, on the thread the stage ran on: from then
+    /// on [`SelfTimer::own`] gives the same total on any thread (a stage
+    /// run on the compute pool is read back on the caller's thread, whose
+    /// CPU clock is another one).
+    pub fn stop(&self) {
+        self.pause();
+        self.segment.store(STOPPED, Ordering::Relaxed);
+    }
+
+    /// Own CPU time so far, the running segment included (none once
+    /// stopped).
     pub fn own(&self) -> Duration {
-        let running = thread_cpu_ns().saturating_sub(self.segment.load(Ordering::Relaxed));
+        let running = match self.segment.load(Ordering::Relaxed) {
+            STOPPED => 0,
+            start => thread_cpu_ns().saturating_sub(start),
+        };
         Duration::from_nanos(self.own.load(Ordering::Relaxed) + running)
     }
 }
@@ -83,6 +99,23 @@ mod tests {
         while Duration::from_nanos(thread_cpu_ns().saturating_sub(start)) < d {
             std::hint::black_box(0u64);
         }
+    }
+
+    #[test]
+    fn a_stopped_timer_reads_the_same_on_another_thread() {
+        let timer = std::sync::Arc::new(SelfTimer::start());
+        spin(Duration::from_millis(5));
+        timer.stop();
+        let own = timer.own();
+        assert!(own >= Duration::from_millis(5), "{own:?}");
+        let other = std::sync::Arc::clone(&timer);
+        let elsewhere = std::thread::spawn(move || {
+            spin(Duration::from_millis(20));
+            other.own()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(elsewhere, own, "another thread's CPU clock is not added");
     }
 
     #[test]

@@ -197,8 +197,8 @@ async fn shadows_compare_without_touching_the_served_answers() {
     };
 
     // Five-pod behind the monolith, and the reverse: the same answers
-    // (6,000 requests in all).
-    let n = 3_000;
+    // (5,000 requests each way).
+    let n = 5_000;
     for (front, metrics, what) in [
         (a, a_m, "pods behind the monolith"),
         (b, b_m, "the monolith behind pods"),

@@ -118,6 +118,10 @@ where
             // Own time is thread CPU time: start the clock where the stage runs.
             child.restart_timer();
             let out = method(&imp, &child, msg).await;
+            // ... and stop it there: the answer is read on the caller's thread.
+            if let Some(timer) = child.timer() {
+                timer.stop();
+            }
             (out, child)
         });
         let joined = match unbounded {
