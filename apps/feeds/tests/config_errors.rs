@@ -166,6 +166,47 @@ fn invalid_concurrency_values() {
     assert_rejected("[limits.recall]\nqueue = 4\n", "queue");
 }
 
+/// Shadow, recording and rollout sections: a bad value is named by its key.
+#[test]
+fn invalid_shadow_record_and_rollout_values() {
+    const ROUTED: &str = "[remote.recall.pools.v2]\nendpoints = [\"http://127.0.0.1:1\"]\n\n\
+                          [routes]\nrecall = []\n\n";
+    assert_rejected("[shadow]\nconcurrency = 0\n", "shadow.concurrency");
+    assert_rejected("[shadow.diff]\nmin_compared = \"x\"\n", "min_compared");
+    assert_rejected(
+        "[[routes.recall]]\ntarget = \"local\"\nshadow = { target = \"nowhere\", rate = 0.5 }\n",
+        "nowhere",
+    );
+    assert_rejected("[record.recall]\nrate = 2.0\n", "record.recall.rate");
+    assert_rejected("[record.ranker]\nrate = 0.1\n", "record.ranker");
+    assert_rejected(
+        "[rollout.recall]\nbaseline = \"local\"\ncandidate = \"v2\"\n",
+        "rollout.recall",
+    );
+    assert_rejected(
+        &format!("{ROUTED}[rollout.recall]\nbaseline = \"local\"\ncandidate = \"v3\"\n"),
+        "rollout.recall.candidate",
+    );
+    assert_rejected(
+        &format!(
+            "{ROUTED}[rollout.recall]\nbaseline = \"local\"\ncandidate = \"v2\"\nsteps = [10, 5, 100]\n"
+        ),
+        "rollout.recall.steps[1]",
+    );
+    assert_rejected(
+        &format!(
+            "{ROUTED}[rollout.recall]\nbaseline = \"local\"\ncandidate = \"v2\"\nsteps = [10, 50]\n"
+        ),
+        "rollout.recall.steps",
+    );
+    assert_rejected(
+        &format!(
+            "{ROUTED}[rollout.recall]\nbaseline = \"local\"\ncandidate = \"v2\"\ngates = {{ max_p99_ratio = 0.5 }}\n"
+        ),
+        "rollout.recall.gates.max_p99_ratio",
+    );
+}
+
 /// A TLS file that is missing, unreadable as PEM or does not match is
 /// named with its key and its path, besides the config file.
 #[test]
