@@ -591,10 +591,15 @@ pub fn client_stats(stage: Stage, target: &str, traffic: &[&str]) -> CallStats {
                 .find(|l| l.name() == name)
                 .map(|l| l.value().to_owned())
         };
+        // A shadow copy refused by the target's admission was shed first by
+        // design (see `overload`): not an error of the target.
+        let shed = label("traffic").as_deref() == Some("shadow")
+            && label("grpc_code").as_deref() == Some(code_name(tonic::Code::ResourceExhausted));
         label("callee").as_deref() == Some(stage.name())
             && label("target").as_deref() == Some(target)
             && label("traffic").is_some_and(|t| traffic.contains(&t.as_str()))
             && label("grpc_code").is_none_or(|c| c != "OK")
+            && !shed
     };
     let mut out = CallStats {
         buckets: vec![0; BUCKETS.len() + 1],
@@ -819,6 +824,23 @@ mod tests {
         let root = TraceParent::child_of(None);
         assert_ne!(root.trace_id, 0);
         assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+    }
+
+    #[test]
+    fn a_shed_shadow_copy_is_not_an_error_of_its_target() {
+        // Traffic index 2 is `shadow`; the target name is this test's own.
+        let site = Site::new(Side::Client, "grpc", Stage::Recall, "Recall", "t-shed");
+        let before = client_stats(Stage::Recall, "t-shed", &["live", "shadow"]);
+        site.record(tonic::Code::Ok, Instant::now(), 2);
+        site.record(tonic::Code::ResourceExhausted, Instant::now(), 2);
+        site.record(tonic::Code::Internal, Instant::now(), 2);
+        site.record(tonic::Code::ResourceExhausted, Instant::now(), 0);
+        let stats = client_stats(Stage::Recall, "t-shed", &["live", "shadow"]).since(&before);
+        assert_eq!(stats.calls, 4);
+        assert_eq!(
+            stats.errors, 2,
+            "the live refusal and the shadow's INTERNAL"
+        );
     }
 
     #[test]

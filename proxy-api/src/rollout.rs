@@ -8,10 +8,12 @@
 //!   significant field's difference rate over its noise (see
 //!   [`crate::diff::Verdict`]) must stay at or below `gates.max_diff_rate`;
 //! - **errors**: the candidate's error rate (its live calls and the shadow
-//!   copies it answered) may exceed the baseline's by at most
+//!   copies it answered; a shadow copy its admission refused was shed by
+//!   design and is not an error) may exceed the baseline's by at most
 //!   `gates.max_error_increase`;
 //! - **latency**: the candidate's p99 may be at most `gates.max_p99_ratio`
-//!   times the baseline's.
+//!   times the baseline's, once each side has [`P99_CALLS`] calls in the
+//!   step.
 //!
 //! Each step lasts at least `dwell_s`, and advances only once every gate has
 //! enough calls to judge (`gates.min_calls`) and holds. A gate that fails
@@ -183,6 +185,10 @@ impl RolloutConfig {
         Ok(())
     }
 }
+
+/// Calls each side needs in a step before the latency gate compares p99s:
+/// over fewer, a p99 is one or two calls (one slow outlier would fail it).
+pub const P99_CALLS: u64 = 200;
 
 /// What an operator can ask of a running rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -421,7 +427,8 @@ impl Rollout {
                 });
             }
             let (cp, bp) = (cand.p99(), base.p99());
-            if bp > 0.0 && cp / bp > g.max_p99_ratio {
+            let p99_judged = cand.calls >= P99_CALLS && base.calls >= P99_CALLS;
+            if p99_judged && bp > 0.0 && cp / bp > g.max_p99_ratio {
                 return Err(Failure {
                     gate: "latency",
                     detail: format!(
@@ -435,7 +442,10 @@ impl Rollout {
             }
         }
         let shadow_judged = shadow.compared >= options.min_compared.max(1);
-        Ok(enough(&cand) && (all_on_candidate || (enough(&base) && shadow_judged)))
+        let p99_judged = |s: &CallStats| s.calls >= P99_CALLS;
+        Ok(enough(&cand)
+            && (all_on_candidate
+                || (enough(&base) && shadow_judged && p99_judged(&cand) && p99_judged(&base))))
     }
 
     /// Runs the rollout to its end (complete, rolled back or aborted),
