@@ -589,16 +589,17 @@ pub fn client_stats(stage: Stage, target: &str, traffic: &[&str]) -> CallStats {
                 .get_label()
                 .iter()
                 .find(|l| l.name() == name)
-                .map(|l| l.value().to_owned())
+                .map(|l| l.value())
         };
+        let (kind, code) = (label("traffic"), label("grpc_code"));
         // A shadow copy refused by the target's admission was shed first by
         // design (see `overload`): not an error of the target.
-        let shed = label("traffic").as_deref() == Some("shadow")
-            && label("grpc_code").as_deref() == Some(code_name(tonic::Code::ResourceExhausted));
-        label("callee").as_deref() == Some(stage.name())
-            && label("target").as_deref() == Some(target)
-            && label("traffic").is_some_and(|t| traffic.contains(&t.as_str()))
-            && label("grpc_code").is_none_or(|c| c != "OK")
+        let shed =
+            kind == Some("shadow") && code == Some(code_name(tonic::Code::ResourceExhausted));
+        label("callee") == Some(stage.name())
+            && label("target") == Some(target)
+            && kind.is_some_and(|t| traffic.contains(&t))
+            && code.is_none_or(|c| c != "OK")
             && !shed
     };
     let mut out = CallStats {

@@ -408,6 +408,7 @@ impl Rollout {
         }
         let enough = |s: &CallStats| s.calls >= g.min_calls.max(1);
         let all_on_candidate = weight >= 100.0;
+        let p99_judged = cand.calls >= P99_CALLS && base.calls >= P99_CALLS;
         if enough(&cand) && enough(&base) {
             let excess = cand.error_rate() - base.error_rate();
             if excess > g.max_error_increase {
@@ -427,7 +428,6 @@ impl Rollout {
                 });
             }
             let (cp, bp) = (cand.p99(), base.p99());
-            let p99_judged = cand.calls >= P99_CALLS && base.calls >= P99_CALLS;
             if p99_judged && bp > 0.0 && cp / bp > g.max_p99_ratio {
                 return Err(Failure {
                     gate: "latency",
@@ -442,10 +442,7 @@ impl Rollout {
             }
         }
         let shadow_judged = shadow.compared >= options.min_compared.max(1);
-        let p99_judged = |s: &CallStats| s.calls >= P99_CALLS;
-        Ok(enough(&cand)
-            && (all_on_candidate
-                || (enough(&base) && shadow_judged && p99_judged(&cand) && p99_judged(&base))))
+        Ok(enough(&cand) && (all_on_candidate || (enough(&base) && shadow_judged && p99_judged)))
     }
 
     /// Runs the rollout to its end (complete, rolled back or aborted),
