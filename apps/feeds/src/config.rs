@@ -134,11 +134,13 @@ pub struct StageLimitConfig {
     /// compute thread for a compute stage, 256 for the others. 0: no limit.
     pub max_concurrent: Option<usize>,
     /// Run the stage's calls on the compute pool, off the async workers.
-    /// Default: true for `recall` and `finerank` (CPU-heavy), false otherwise.
+    /// Default: true for `recall` and `finerank` (CPU-heavy) in a process
+    /// hosting more than one stage, false otherwise.
     pub compute: Option<bool>,
 }
 
-/// Stages whose calls run on the compute pool unless configured otherwise.
+/// Stages whose calls run on the compute pool, in a process hosting more
+/// than one stage, unless configured otherwise.
 const COMPUTE_STAGES: [Stage; 2] = [Stage::Recall, Stage::FineRank];
 
 /// A stage's limit when `[limits.<stage>]` does not set one.
@@ -504,7 +506,7 @@ impl Config {
             ));
         }
         let admission = self.admission()?;
-        let (stage_limits, compute_threads) = self.stage_limits()?;
+        let (stage_limits, compute_threads) = self.stage_limits(hosted.len())?;
         Ok(Plan {
             listen,
             hosted,
@@ -573,8 +575,16 @@ impl Config {
     }
 
     /// Every stage's bulkhead from `[limits.<stage>]` and the defaults, and
-    /// the compute pool's size.
-    fn stage_limits(&self) -> Result<(Vec<(Stage, StageLimit)>, usize), ConfigError> {
+    /// the compute pool's size. The compute pool is a bulkhead between
+    /// stages: by default recall and fine-rank run on it only when the
+    /// process hosts more than one stage. A process hosting one stage has
+    /// no neighbour to protect, and the hand-off between runtimes costs that
+    /// stage's pod about 0.1 ms of CPU per call (README, "Cost of the
+    /// compute pool"); `limits.<stage>.compute = true` keeps it anyway.
+    fn stage_limits(
+        &self,
+        hosted: usize,
+    ) -> Result<(Vec<(Stage, StageLimit)>, usize), ConfigError> {
         if self.process.compute_threads > 256 {
             return Err(ConfigError::new(
                 "process.compute_threads",
@@ -604,7 +614,9 @@ impl Config {
             .iter()
             .map(|&stage| {
                 let set = self.limits.get(stage.name()).copied().unwrap_or_default();
-                let compute = set.compute.unwrap_or(COMPUTE_STAGES.contains(&stage));
+                let compute = set
+                    .compute
+                    .unwrap_or(hosted > 1 && COMPUTE_STAGES.contains(&stage));
                 let max_concurrent = set.max_concurrent.unwrap_or(match compute {
                     true => DEFAULT_COMPUTE_LIMIT_PER_THREAD * threads,
                     false => DEFAULT_STAGE_LIMIT,
@@ -881,6 +893,28 @@ mod tests {
             }
         );
         assert_eq!(limit(&plan, Stage::FineRank).max_concurrent, 96);
+
+        // A process hosting recall alone runs it on its async workers,
+        // unless told otherwise.
+        let mut c = Config::default();
+        c.process.host = vec!["recall".into()];
+        let plan = c.validate().expect("valid");
+        assert_eq!(
+            limit(&plan, Stage::Recall),
+            StageLimit {
+                max_concurrent: 256,
+                compute: false
+            }
+        );
+        c.limits.insert(
+            "recall".into(),
+            StageLimitConfig {
+                max_concurrent: None,
+                compute: Some(true),
+            },
+        );
+        let plan = c.validate().expect("valid");
+        assert!(limit(&plan, Stage::Recall).compute);
     }
 
     #[test]
