@@ -5,9 +5,8 @@
 //!   messages as the real chain: the context moves down every hop, recall
 //!   answers 1,000 candidates, fine-rank passes 200 up, rerank the page,
 //!   business fills placeholder metadata. Every hop decodes the context and
-//!   encodes it again, as tonic with prost's generated types does (the blob
-//!   as `Bytes`, prost's cheapest form): this is the floor five-pod is
-//!   compared with.
+//!   encodes it again, as tonic with prost's generated types does: this is
+//!   the floor five-pod is compared with.
 //! - The one-hop echo: business alone (`--next` not given) answers the
 //!   entry's request with a page of the same shape, in one process: the floor
 //!   the monolith's framework cost is compared with.

@@ -107,7 +107,8 @@ enum Command {
         /// The entry process.
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: std::net::SocketAddr,
-        /// User-context blob per request, KB.
+        /// User context per request, KB (the user's recent events; see the
+        /// README's bench section).
         #[arg(long, default_value_t = 16)]
         kb: usize,
         /// Clients sending back to back.

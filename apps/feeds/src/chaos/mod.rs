@@ -542,7 +542,7 @@ fn replica_env(settings: &Settings) -> Vec<(String, String)> {
     envs
 }
 
-/// 200 requests: known users, a page of 20, a 1 KB context blob (the
+/// 200 requests: known users, a page of 20, a 1 KB user context (the
 /// bench's request set).
 fn requests(users: u32) -> Vec<pb::GetFeedRequest> {
     crate::bench::requests(1, users.max(1), false)
