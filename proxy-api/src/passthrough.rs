@@ -109,6 +109,55 @@ impl<T: Message + Default> PassThrough<T> {
         }
     }
 
+    /// Part of the value: `from_value` of the decoded value when there is
+    /// one, else a `V` decoded from the received bytes. `V` is a message
+    /// declaring only the fields the reader needs, with `T`'s field
+    /// numbers: protobuf skips every other field by its length, so reading
+    /// a short list out of a context that also carries a long event
+    /// sequence does not decode the events. Counted in [`decoded_fields`].
+    pub fn view<V: Message + Default>(
+        &self,
+        from_value: impl FnOnce(&T) -> V,
+    ) -> Result<V, Undecodable> {
+        match (self.value.get(), &self.raw) {
+            (Some(Ok(value)), _) => Ok(from_value(value)),
+            (Some(Err(e)), _) => Err(e.clone()),
+            (None, Some(raw)) => {
+                DECODED.fetch_add(1, Ordering::Relaxed);
+                V::decode(raw.clone()).map_err(Undecodable::from)
+            }
+            (None, None) => Ok(V::default()),
+        }
+    }
+
+    /// Merges `patch` into the field as protobuf merges two encodings of a
+    /// message (what `patch` sets wins for a scalar, repeated fields are
+    /// appended, embedded messages merge). When the field holds received
+    /// bytes, `patch`'s encoding is appended to them: the field is neither
+    /// decoded nor encoded again, and fields this build does not know
+    /// survive. Bytes that do not decode are refused if they have been
+    /// read; unread, they stay as they are, with the patch after them.
+    pub fn merge(&mut self, patch: &T) -> Result<(), Undecodable> {
+        let encoded = patch.encode_to_vec();
+        match self.raw.take() {
+            Some(raw) => {
+                let mut joined = BytesMut::with_capacity(raw.len() + encoded.len());
+                joined.extend_from_slice(&raw);
+                joined.extend_from_slice(&encoded);
+                self.raw = Some(joined.freeze());
+                match self.value.get_mut() {
+                    Some(Ok(value)) => value.merge(encoded.as_slice()).map_err(Undecodable::from),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Ok(()),
+                }
+            }
+            None => self
+                .get_mut()?
+                .merge(encoded.as_slice())
+                .map_err(Undecodable::from),
+        }
+    }
+
     /// Decodes now and forgets the received bytes, so the field is sent on
     /// re-encoded from its value: how every hop behaved before fields were
     /// passed through (`process.pass_through = false`).
@@ -230,6 +279,24 @@ impl<T: std::fmt::Debug> std::fmt::Debug for PassThrough<T> {
     }
 }
 
+/// `feeds.v1.UserContext` with `recent_items` alone: what the stages read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecentItems {
+    #[prost(uint64, repeated, tag = "1")]
+    recent_items: Vec<u64>,
+}
+
+impl PassThrough<crate::pb::UserContext> {
+    /// The context's `recent_items`, without decoding the rest of it (see
+    /// [`PassThrough::view`]).
+    pub fn recent_items(&self) -> Result<Vec<u64>, Undecodable> {
+        self.view(|c| RecentItems {
+            recent_items: c.recent_items.clone(),
+        })
+        .map(|r| r.recent_items)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +355,66 @@ mod tests {
             back.context.expect("present").recent_items,
             vec![3, 1, 4, 5]
         );
+    }
+
+    #[test]
+    fn recent_items_are_read_and_added_without_decoding_the_rest() {
+        let mut full = context();
+        full.recent_items.clear();
+        full.events = (0..100)
+            .map(|i| pb::Event {
+                item_id: i,
+                kind: 2,
+                ts_ms: 1_000 + i as i64,
+                dwell_s: 1.5,
+            })
+            .collect();
+        let mut body = full.encode_to_vec();
+        prost::encoding::string::encode(99, &"from a newer proto".to_owned(), &mut body);
+        let mut wire = Vec::new();
+        prost::encoding::bytes::encode(3, &body, &mut wire);
+        let mut field = carried(&wire).expect("present");
+        assert_eq!(field.recent_items().expect("valid"), Vec::<u64>::new());
+        field
+            .merge(&pb::UserContext {
+                recent_items: vec![7, 8],
+                ..Default::default()
+            })
+            .expect("merges");
+        assert!(!field.is_decoded());
+        assert_eq!(field.recent_items().expect("valid"), vec![7, 8]);
+        // What goes on is the received bytes with the patch after them: the
+        // unknown field survives, and a full decode sees both.
+        let mut out = Vec::new();
+        field.encode_field(3, &mut out);
+        let mut expected = body.clone();
+        expected.extend(
+            pb::UserContext {
+                recent_items: vec![7, 8],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let mut expected_wire = Vec::new();
+        prost::encoding::bytes::encode(3, &expected, &mut expected_wire);
+        assert_eq!(out, expected_wire);
+        let mut want = full.clone();
+        want.recent_items = vec![7, 8];
+        assert_eq!(field.get().expect("valid"), &want);
+
+        // A decoded value is read and merged in place.
+        let mut made = PassThrough::new(context());
+        assert_eq!(made.recent_items().expect("valid"), vec![3, 1, 4]);
+        made.merge(&pb::UserContext {
+            recent_items: vec![5],
+            ..Default::default()
+        })
+        .expect("merges");
+        assert_eq!(made.get().expect("valid").recent_items, vec![3, 1, 4, 5]);
+
+        // Broken bytes say so when read.
+        let broken = PassThrough::<pb::UserContext>::from_raw(Bytes::from_static(&[0x0a, 0x05, 1]));
+        assert!(broken.recent_items().is_err());
     }
 
     #[test]

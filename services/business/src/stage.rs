@@ -137,23 +137,35 @@ impl BusinessStage {
     }
 
     /// The request's context, with the user's recent history from the
-    /// interaction log when the product sent none (a known user). A context
-    /// that needs nothing added goes on as the bytes that arrived.
+    /// interaction log when the product sent none (a known user), and the
+    /// items the user has seen. Only `recent_items` is read; the history is
+    /// appended to the bytes that arrived as an encoded `recent_items`
+    /// (protobuf merges repeated fields by appending), so the rest of the
+    /// context (an event sequence, a blob) is never decoded or encoded here.
     fn with_history(
         &self,
         user_id: &str,
         context: Option<PassThrough<pb::UserContext>>,
-    ) -> Result<PassThrough<pb::UserContext>, Error> {
+    ) -> Result<(PassThrough<pb::UserContext>, Vec<u64>), Error> {
         let broken = |e: proxy_api::Undecodable| Error::InvalidArgument {
             field: "context",
             message: e.to_string(),
         };
         let mut context = context.unwrap_or_default();
-        if context.get().map_err(broken)?.recent_items.is_empty() {
-            context.get_mut().map_err(broken)?.recent_items =
-                self.world.history(world::user_key(user_id)).to_vec();
+        let recent = context.recent_items().map_err(broken)?;
+        if !recent.is_empty() {
+            return Ok((context, recent));
         }
-        Ok(context)
+        let history = self.world.history(world::user_key(user_id)).to_vec();
+        if !history.is_empty() {
+            context
+                .merge(&pb::UserContext {
+                    recent_items: history.clone(),
+                    ..Default::default()
+                })
+                .map_err(broken)?;
+        }
+        Ok((context, history))
     }
 }
 
@@ -186,11 +198,7 @@ impl proxy_api::Business for BusinessStage {
         // needs to reach one item past the page (which tells whether there
         // is a next page).
         let limit = (page.offset + page.size + 1).min(MAX_POOL);
-        let context = self.with_history(&request.user_id, request.context)?;
-        let seen = context
-            .get()
-            .map(|c| c.recent_items.clone())
-            .unwrap_or_default();
+        let (context, seen) = self.with_history(&request.user_id, request.context)?;
         let split = self
             .split
             .split(

@@ -6,18 +6,20 @@ use crate::stage::ChannelTag;
 use crate::{Error, Query, Scored};
 
 impl Query {
-    /// Reads what fine-rank uses from a request (the context is decoded
-    /// here, once, if it arrived undecoded; it goes on to recall as it came).
+    /// Reads what fine-rank uses from a request: of the context, only its
+    /// `recent_items` (read from the bytes that arrived, skipping the rest;
+    /// the context goes on to recall as it came).
     pub(crate) fn from_pb(request: &pb::RankRequest) -> Result<Self, Error> {
-        let context = request
+        let recent = request
             .context
             .as_ref()
-            .map(|c| c.get())
+            .map(|c| c.recent_items())
             .transpose()
-            .map_err(Error::Context)?;
+            .map_err(Error::Context)?
+            .unwrap_or_default();
         Ok(Self {
             user: world::user_key(&request.user_id),
-            recent: context.map(|c| c.recent_items.clone()).unwrap_or_default(),
+            recent,
             params: request
                 .assignment
                 .as_ref()

@@ -5,18 +5,19 @@ use proxy_api::pb;
 use crate::{Candidate, Error, Query};
 
 impl Query {
-    /// Reads a query out of a request, keeping only what recall uses (the
-    /// context is decoded here, once, if it arrived undecoded).
+    /// Reads a query out of a request, keeping only what recall uses (of
+    /// the context, its `recent_items`, read without decoding the rest).
     pub(crate) fn from_pb(request: &pb::RecallRequest) -> Result<Self, Error> {
-        let context = request
+        let recent = request
             .context
             .as_ref()
-            .map(|c| c.get())
+            .map(|c| c.recent_items())
             .transpose()
-            .map_err(Error::Context)?;
+            .map_err(Error::Context)?
+            .unwrap_or_default();
         Ok(Self {
             user: world::user_key(&request.user_id),
-            recent: context.map(|c| c.recent_items.clone()).unwrap_or_default(),
+            recent,
             params: request
                 .assignment
                 .as_ref()
