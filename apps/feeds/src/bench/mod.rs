@@ -170,6 +170,10 @@ pub struct RunResult {
     pub closed: Phase,
     /// Open-loop phase.
     pub open: Phase,
+    /// The open loop's arrival rate, requests per second: the configured
+    /// rate, or half the closed loop's throughput when that is lower, so
+    /// the open loop measures latency below capacity and not a queue.
+    pub open_rate: f64,
     /// Server CPU (all processes) per request in the closed-loop phase, ms.
     pub cpu_ms_per_req: f64,
     /// Server CPU per request in the open-loop phase, ms.
@@ -222,6 +226,9 @@ pub struct ConfigResult {
     pub cpu_ms_per_req: Stat,
     /// Open-loop latency p50, p90, p99, p99.9 (ms).
     pub open_latency_ms: [Stat; 4],
+    /// The open loop's arrival rate (median over the runs), requests per
+    /// second.
+    pub open_rate: f64,
     /// Closed-loop latency p50, p90, p99, p99.9 (ms).
     pub closed_latency_ms: [Stat; 4],
     /// Failed requests over all runs, by status.
@@ -650,11 +657,13 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                         (cpu_of(&running), procstat::cpu(None).unwrap_or_default());
                     let used = delta(&a, &b);
                     let total: f64 = used.iter().sum();
+                    let capacity = closed.throughput();
+                    let open_rate = settings.rate.min(capacity / 2.0).max(1.0);
                     let open = load::open_loop(
                         &clients,
                         *tenant,
                         requests.clone(),
-                        settings.rate,
+                        open_rate,
                         Duration::from_secs_f64(settings.open_s),
                     )
                     .await;
@@ -675,6 +684,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                             .collect(),
                         closed,
                         open,
+                        open_rate,
                     });
                     bar.inc(1);
                 }
@@ -769,6 +779,7 @@ fn summarise(name: &str, items: u32, kb: usize, runs: Vec<RunResult>) -> ConfigR
         throughput: stat(&|r| r.closed.throughput()),
         cpu_ms_per_req: stat(&|r| r.cpu_ms_per_req),
         open_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.open.latency_ms[i])),
+        open_rate: stat(&|r| r.open_rate).median,
         closed_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.closed.latency_ms[i])),
         errors,
         loadgen_cpu_ms_per_req: stat(&|r| r.loadgen_cpu_ms_per_req).median,

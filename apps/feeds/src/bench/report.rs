@@ -378,7 +378,7 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "Each configuration: {} runs of a {} s closed loop ({} clients) and a {} s open loop ({} req/s); median [min..max]. Tokio worker budget {} per topology. Users {}.\n",
+            "Each configuration: {} runs of a {} s closed loop ({} clients) and a {} s open loop ({} req/s, or half the closed loop's throughput when that is lower); median [min..max]. Tokio worker budget {} per topology. Users {}.\n",
             st.runs, st.closed_s, st.concurrency, st.open_s, st.rate, st.worker_budget, st.users
         );
         let _ = writeln!(
@@ -433,14 +433,14 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## Results\n\n| items | payload | topology | CPU ms/req | throughput req/s | open p50 ms | p90 | p99 | p99.9 | errors | loadgen CPU ms/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "\n## Results\n\n| items | payload | topology | CPU ms/req | throughput req/s | open req/s | open p50 ms | p90 | p99 | p99.9 | errors | loadgen CPU ms/req |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         let range = |x: &super::Stat| format!("{:.3} [{:.3}..{:.3}]", x.median, x.min, x.max);
         for c in &self.configs {
             let errors: u64 = c.errors.values().sum();
             let _ = writeln!(
                 s,
-                "| {} | {} KB | {} | {} | {:.0} [{:.0}..{:.0}] | {:.2} | {:.2} | {:.2} | {:.2} | {errors} | {:.3} |",
+                "| {} | {} KB | {} | {} | {:.0} [{:.0}..{:.0}] | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} | {:.3} |",
                 c.items,
                 c.payload_kb,
                 c.topology,
@@ -448,6 +448,7 @@ impl Report {
                 c.throughput.median,
                 c.throughput.min,
                 c.throughput.max,
+                c.open_rate,
                 c.open_latency_ms[0].median,
                 c.open_latency_ms[1].median,
                 c.open_latency_ms[2].median,
