@@ -441,25 +441,43 @@ impl Balancer {
         R: prost::Message + Default + Send + 'static,
     {
         let list = self.snapshot();
-        let attempts = (self.config.max_attempts as usize).min(list.len()).max(1);
+        // A retry goes to another endpoint. A call failed by its connection
+        // closing (a GOAWAY from the server's connection age, a request
+        // still queued when the connection closed) may go to the same
+        // endpoint again, as gRPC's transparent retries do, up to
+        // CLOSING_RETRIES times after 1, 4, 16 ms (the channel opens a new
+        // connection meanwhile), so one endpoint is enough for that. Stage
+        // calls are reads, so repeating one the server had started (cut off
+        // when the closing connection ended) is harmless.
+        // `max_attempts = 1` turns every retry off.
+        let attempts = (self.config.max_attempts as usize).max(1);
         let mut payload = Some(match attempts > 1 {
             true => Payload::Encoded(crate::codec::encode_once(&message)),
             false => Payload::Message(message),
         });
         let mut tried: Vec<usize> = Vec::new();
+        let mut again = false;
+        let mut closing_retries = 0u32;
+        let mut failed: Option<Status> = None;
         loop {
-            let Some(i) = self.pick(&list, &tried) else {
-                return Err(self.no_endpoint(&list));
+            let picked = match self.pick(&list, &tried) {
+                Some(i) => Some(i),
+                None if again => self.pick(&list, &[]),
+                None => None,
+            };
+            let Some(i) = picked else {
+                return Err(failed.unwrap_or_else(|| self.no_endpoint(&list)));
             };
             let backend = &list[i];
             let retry_possible = tried.len() + 1 < attempts;
             let body = match payload.take() {
-                Some(Payload::Encoded(bytes)) if retry_possible => {
+                // A reference to the same bytes: a retry resends them.
+                Some(Payload::Encoded(bytes)) => {
                     payload = Some(Payload::Encoded(bytes.clone()));
                     Payload::Encoded(bytes)
                 }
                 Some(body) => body,
-                None => return Err(self.no_endpoint(&list)),
+                None => return Err(failed.unwrap_or_else(|| self.no_endpoint(&list))),
             };
             let mut attempt = Request::from_parts(metadata(), Default::default(), body);
             if let Some(deadline) = deadline {
@@ -491,17 +509,37 @@ impl Balancer {
                     }
                     return Ok(response);
                 }
-                Err(status) if never_sent(&status) => {
-                    self.eject(backend);
-                    self.budget.failure();
-                    if retry_possible && self.budget.allows_retry() {
+                Err(status) if let Some(why) = never_sent(&status) => {
+                    // A closing connection says nothing of the endpoint, and
+                    // a transparent retry does not spend the retry budget.
+                    let closing = why == NeverSent::ConnectionClosing;
+                    if !closing {
+                        self.eject(backend);
+                        self.budget.failure();
+                    }
+                    // Anything but a closing connection retries elsewhere,
+                    // if there is an elsewhere.
+                    let elsewhere = tried.len() + 1 < list.len();
+                    let retry = match closing {
+                        true => payload.is_some() && closing_retries < CLOSING_RETRIES,
+                        false => retry_possible && elsewhere && self.budget.allows_retry(),
+                    };
+                    if retry {
+                        if closing {
+                            tokio::time::sleep(Duration::from_millis(1 << (2 * closing_retries)))
+                                .await;
+                            closing_retries += 1;
+                        }
                         tracing::debug!(
                             stage = self.target.stage.name(),
                             endpoint = %backend.key,
-                            "call never reached the endpoint; retrying elsewhere"
+                            ?why,
+                            "call never reached the endpoint; retrying"
                         );
                         crate::observe::count_retry(self.target.stage);
                         tried.push(i);
+                        again = closing;
+                        failed = Some(self.target.status(status, &backend.key));
                         continue;
                     }
                     return Err(self.target.status(status, &backend.key));
@@ -544,13 +582,36 @@ impl Balancer {
     }
 }
 
-/// True when the call provably never reached the server: the connection was
-/// refused or could not be made in time, or the server refused the stream.
-fn never_sent(status: &Status) -> bool {
+/// Transparent retries of a call whose connection was closing.
+const CLOSING_RETRIES: u32 = 3;
+
+/// Why a call provably never started at the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NeverSent {
+    /// The endpoint is not there: the connection was refused or could not
+    /// be made in time, or the server refused the stream.
+    Unreachable,
+    /// The connection was closing: the server's GOAWAY (no error) came
+    /// before it accepted the stream, the server closed the connection with
+    /// the stream still open, or the request was still queued when the
+    /// connection closed. Said of the endpoint: nothing.
+    ConnectionClosing,
+}
+
+/// Whether, and why, the call provably never reached the server.
+fn never_sent(status: &Status) -> Option<NeverSent> {
     use std::error::Error as _;
     use std::io::ErrorKind;
-    if status.code() != tonic::Code::Unavailable && status.code() != tonic::Code::Unknown {
-        return false;
+    // tonic turns an h2 GOAWAY without error into INTERNAL, a dropped
+    // request into CANCELLED: the source below decides.
+    if !matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    ) {
+        return None;
     }
     let mut next = status.source();
     while let Some(e) = next {
@@ -563,24 +624,51 @@ fn never_sent(status: &Status) -> bool {
                     | ErrorKind::NetworkUnreachable
             )
         {
-            return true;
+            return Some(NeverSent::Unreachable);
         }
-        if let Some(h2) = e.downcast_ref::<h2::Error>()
-            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        // hyper passes h2's I/O errors on as `io::Error`s (see below).
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == ErrorKind::BrokenPipe
         {
-            return true;
+            return Some(NeverSent::ConnectionClosing);
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some(NeverSent::Unreachable);
+            }
+            // A graceful GOAWAY resets only the streams the server had not
+            // accepted (above its last stream id).
+            if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+                return Some(NeverSent::ConnectionClosing);
+            }
+            // The server closed the connection with the stream still open:
+            // after a GOAWAY, a server closes only once the streams it
+            // accepted are done, so this one was not (a crashed server may
+            // have started it: stage calls are reads, see `call`).
+            if h2
+                .get_io()
+                .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+            {
+                return Some(NeverSent::ConnectionClosing);
+            }
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            // Dropped from the connection's queue before it was sent.
+            return Some(NeverSent::ConnectionClosing);
         }
         let text = e.to_string();
         if text.contains("tcp connect error") || text.contains("connect timed out") {
-            return true;
+            return Some(NeverSent::Unreachable);
         }
         if e.downcast_ref::<tonic::transport::Error>().is_some() && text.contains("timed out") {
             // tonic's connect_timeout: the connection was never made.
-            return true;
+            return Some(NeverSent::Unreachable);
         }
         next = e.source();
     }
-    false
+    None
 }
 
 /// gRFC A6 retry throttling: a bucket of `max` tokens, minus one per failed
