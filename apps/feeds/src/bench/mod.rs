@@ -606,6 +606,15 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     "FEEDS__PROCESS__WORKER_THREADS".to_owned(),
                     workers.to_string(),
                 ),
+                // The bench measures what serving costs, not admission: the
+                // closed loop keeps 8 requests in flight on two cores, which
+                // the adaptive limit rightly sees as a queue and trims with
+                // RESOURCE_EXHAUSTED, and refusals would count as cheap
+                // requests. The fixed ceiling (1024) is never reached here.
+                (
+                    "FEEDS__PROCESS__CONCURRENCY_LIMIT".to_owned(),
+                    "fixed".to_owned(),
+                ),
             ]);
             let running =
                 topology::launch(&opts.exe, launches.clone(), &envs, Duration::from_secs(600))
