@@ -442,9 +442,11 @@ impl Balancer {
     {
         let list = self.snapshot();
         // A retry goes to another endpoint. A call failed by its connection
-        // closing (a GOAWAY from the server's connection age, a request
-        // still queued when the connection closed) may go to the same
-        // endpoint again, as gRPC's transparent retries do, up to
+        // closing (a GOAWAY from the server's connection age, the server
+        // closing the connection with the stream open, a request still
+        // queued when the connection closed) goes to another endpoint if
+        // there is one, else to the same endpoint again, as gRPC's
+        // transparent retries do, up to
         // CLOSING_RETRIES times after 1, 4, 16 ms (the channel opens a new
         // connection meanwhile), so one endpoint is enough for that. Stage
         // calls are reads, so repeating one the server had started (cut off

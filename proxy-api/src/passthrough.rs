@@ -138,6 +138,9 @@ impl<T: Message + Default> PassThrough<T> {
     /// survive. Bytes that do not decode are refused if they have been
     /// read; unread, they stay as they are, with the patch after them.
     pub fn merge(&mut self, patch: &T) -> Result<(), Undecodable> {
+        if let Some(Err(e)) = self.value.get() {
+            return Err(e.clone());
+        }
         let encoded = patch.encode_to_vec();
         match self.raw.take() {
             Some(raw) => {
@@ -147,8 +150,7 @@ impl<T: Message + Default> PassThrough<T> {
                 self.raw = Some(joined.freeze());
                 match self.value.get_mut() {
                     Some(Ok(value)) => value.merge(encoded.as_slice()).map_err(Undecodable::from),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Ok(()),
+                    _ => Ok(()),
                 }
             }
             None => self

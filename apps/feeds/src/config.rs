@@ -579,8 +579,8 @@ impl Config {
     /// stages: by default recall and fine-rank run on it only when the
     /// process hosts more than one stage. A process hosting one stage has
     /// no neighbour to protect, and the hand-off between runtimes costs that
-    /// stage's pod about 0.1 ms of CPU per call (README, "Cost of the
-    /// compute pool"); `limits.<stage>.compute = true` keeps it anyway.
+    /// stage's pod about 0.1 ms of CPU per call (README, Bulkheads);
+    /// `limits.<stage>.compute = true` keeps it anyway.
     fn stage_limits(
         &self,
         hosted: usize,
