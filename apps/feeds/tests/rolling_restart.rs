@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Proc, SERVING, wait_health};
 use nix::sys::signal::Signal;
@@ -26,27 +26,7 @@ async fn restarting_one_replica_under_load_fails_nothing() {
 
     // Steady load from four clients until told to stop (bounded by time).
     let stop = Arc::new(AtomicBool::new(false));
-    let cases = common::cases(20);
-    let mut load = Vec::new();
-    for worker in 0..4 {
-        let stop = Arc::clone(&stop);
-        let cases = cases.clone();
-        load.push(tokio::spawn(async move {
-            let mut client = common::business(front_addr).await;
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            let started = Instant::now();
-            let mut i = worker;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                let case = &cases[i % cases.len()];
-                match client.get_feed(common::request(case, i)).await {
-                    Ok(_) => ok += 1,
-                    Err(status) => failed.push(status),
-                }
-                i += 4;
-            }
-            (ok, failed)
-        }));
-    }
+    let load = common::steady_load(front_addr, Arc::clone(&stop), Duration::from_secs(60));
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     replica_a.signal(Signal::SIGTERM);
@@ -65,12 +45,7 @@ async fn restarting_one_replica_under_load_fails_nothing() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     stop.store(true, Ordering::Relaxed);
 
-    let (mut ok, mut failed) = (0, Vec::new());
-    for task in load {
-        let (o, f) = task.await.expect("load task");
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok, failed) = common::load_outcome(load).await;
     assert!(
         failed.is_empty(),
         "{} of {} requests failed across the restart: {:?}\n{}",

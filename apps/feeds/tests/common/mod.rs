@@ -522,13 +522,7 @@ pub async fn two_replicas(process_extra: &str) -> TwoReplicas {
     let (a_metrics, b_metrics) = (free_addr(), free_addr());
     let a_proc = Proc::start("recall-a", a, &recall_replica(a, a_metrics, process_extra));
     let b_proc = Proc::start("recall-b", b, &recall_replica(b, b_metrics, process_extra));
-    let front = Proc::start(
-        "front",
-        front_addr,
-        &format!(
-            "[process]\nlisten = \"{front_addr}\"\nhost = [\"business\", \"split\", \"rerank\", \"finerank\"]\n\n[remote.recall]\nendpoints = [\"http://{a}\", \"http://{b}\"]\nhealth_interval_ms = 200\n"
-        ),
-    );
+    let front = front_over_recall(front_addr, &[a, b]);
     wait_health(front_addr, "", SERVING, Duration::from_secs(90)).await;
     TwoReplicas {
         front,
@@ -546,4 +540,65 @@ pub async fn recall_served(metrics: SocketAddr) -> f64 {
         "grpc_server_handled_total",
         &["callee=\"recall\"", "grpc_code=\"OK\""],
     )
+}
+
+/// A front hosting every stage but recall, which it calls at `pods`.
+#[allow(dead_code)]
+pub fn front_over_recall(front_addr: SocketAddr, pods: &[SocketAddr]) -> Proc {
+    let endpoints: Vec<String> = pods.iter().map(|p| format!("\"http://{p}\"")).collect();
+    Proc::start(
+        "front",
+        front_addr,
+        &format!(
+            "[process]\nlisten = \"{front_addr}\"\nhost = [\"business\", \"split\", \"rerank\", \"finerank\"]\n\n[remote.recall]\nendpoints = [{}]\nhealth_interval_ms = 200\n",
+            endpoints.join(", ")
+        ),
+    )
+}
+
+/// Four clients sending to `front_addr` back to back until `stop` is set or
+/// `limit` has passed; [`load_outcome`] gathers what they saw.
+#[allow(dead_code)]
+pub fn steady_load(
+    front_addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> Vec<tokio::task::JoinHandle<(u32, Vec<tonic::Status>)>> {
+    let cases = cases(20);
+    (0..4)
+        .map(|worker| {
+            let stop = std::sync::Arc::clone(&stop);
+            let cases = cases.clone();
+            tokio::spawn(async move {
+                let mut client = business(front_addr).await;
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let started = std::time::Instant::now();
+                let mut i = worker;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < limit
+                {
+                    let case = &cases[i % cases.len()];
+                    match client.get_feed(request(case, i)).await {
+                        Ok(_) => ok += 1,
+                        Err(status) => failed.push(status),
+                    }
+                    i += 4;
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// Requests answered and the failures, over every client of [`steady_load`].
+#[allow(dead_code)]
+pub async fn load_outcome(
+    load: Vec<tokio::task::JoinHandle<(u32, Vec<tonic::Status>)>>,
+) -> (u32, Vec<tonic::Status>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.expect("load task");
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
 }
