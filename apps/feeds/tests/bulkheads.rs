@@ -216,3 +216,114 @@ async fn a_stage_past_its_limit_is_refused_naming_it() {
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
     server.stop().await;
 }
+
+/// Where a stage call ran: its thread's name and its tokio task.
+type Place = (Option<String>, Option<tokio::task::Id>);
+
+fn here() -> Place {
+    (
+        std::thread::current().name().map(str::to_owned),
+        tokio::task::try_id(),
+    )
+}
+
+/// Recall that says where it ran.
+struct WhereRecall(std::sync::Mutex<Vec<Place>>);
+
+#[proxy_api::async_trait]
+impl Recall for WhereRecall {
+    async fn recall(
+        &self,
+        _cx: &Cx,
+        _request: pb::RecallRequest,
+    ) -> Result<pb::RecallResponse, proxy_api::Status> {
+        self.0.lock().expect("lock").push(here());
+        Ok(pb::RecallResponse::default())
+    }
+}
+
+/// Fine-rank that says where it ran, then calls recall.
+struct WhereFineRank {
+    recall: Arc<dyn Recall>,
+    seen: std::sync::Mutex<Vec<Place>>,
+}
+
+#[proxy_api::async_trait]
+impl proxy_api::FineRank for WhereFineRank {
+    async fn rank(
+        &self,
+        cx: &Cx,
+        _request: pb::RankRequest,
+    ) -> Result<pb::RankResponse, proxy_api::Status> {
+        self.seen.lock().expect("lock").push(here());
+        self.recall.recall(cx, pb::RecallRequest::default()).await?;
+        Ok(pb::RankResponse::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_stage_called_from_the_compute_pool_runs_there_without_a_second_hand_off() {
+    let limit = StageLimit {
+        max_concurrent: 8,
+        compute: true,
+    };
+    let bulkheads =
+        Bulkheads::new([(Stage::Recall, limit), (Stage::FineRank, limit)], 2).expect("pool");
+    let mut registry = proxy_api::Registry::with_options(proxy_api::RuntimeOptions {
+        bulkheads,
+        ..proxy_api::RuntimeOptions::default()
+    });
+    let recall = Arc::new(WhereRecall(std::sync::Mutex::default()));
+    registry
+        .provide_recall(recall.clone() as Arc<dyn Recall>)
+        .expect("provide recall");
+    let finerank = Arc::new(WhereFineRank {
+        recall: registry.recall().expect("recall binding"),
+        seen: std::sync::Mutex::default(),
+    });
+    registry
+        .provide_finerank(finerank.clone() as Arc<dyn proxy_api::FineRank>)
+        .expect("provide finerank");
+    let binding = registry.finerank().expect("finerank binding");
+    let cx = Cx::new();
+    for explain in [false, true] {
+        let request = pb::RankRequest {
+            explain,
+            ..pb::RankRequest::default()
+        };
+        binding.rank(&cx, request).await.expect("rank");
+    }
+    let ranks = finerank.seen.lock().expect("lock").clone();
+    let recalls = recall.0.lock().expect("lock").clone();
+    assert_eq!((ranks.len(), recalls.len()), (2, 2));
+    for (rank, recall) in ranks.iter().zip(&recalls) {
+        assert_eq!(
+            rank.0.as_deref(),
+            Some("feeds-compute"),
+            "fine-rank on the pool"
+        );
+        assert_eq!(
+            rank, recall,
+            "recall ran in fine-rank's own task, on its thread"
+        );
+    }
+    // Called from the test's task, not a compute thread, recall hands off.
+    let outside = registry.recall().expect("recall binding");
+    outside
+        .recall(&cx, pb::RecallRequest::default())
+        .await
+        .expect("recall from the test's task");
+    let last = recall
+        .0
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("seen");
+    assert_eq!(
+        last.0.as_deref(),
+        Some("feeds-compute"),
+        "handed off from outside"
+    );
+    assert_ne!(last.1, tokio::task::try_id(), "in a task of its own");
+}

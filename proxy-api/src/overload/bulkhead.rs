@@ -45,11 +45,21 @@ impl Drop for Owner {
     }
 }
 
+/// Tells pools apart: each gets the next number (0 is "no pool").
+static NEXT_POOL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+thread_local! {
+    /// The pool this thread is a worker of (0: none).
+    static ON_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A small tokio runtime of its own for CPU-heavy stage work.
 #[derive(Clone)]
 pub struct ComputePool {
     handle: tokio::runtime::Handle,
     threads: usize,
+    /// This pool's number, set in its workers' [`ON_POOL`].
+    id: usize,
     /// Keeps the runtime alive while any clone is.
     _owner: Arc<Owner>,
 }
@@ -66,17 +76,27 @@ impl ComputePool {
     /// A runtime of `threads` workers (at least one), named `feeds-compute`.
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
+        let id = NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("feeds-compute")
+            .on_thread_start(move || ON_POOL.with(|p| p.set(id)))
             // A stage on it may call a remote downstream or sleep.
             .enable_all()
             .build()?;
         Ok(Self {
             handle: runtime.handle().clone(),
             threads,
+            id,
             _owner: Arc::new(Owner(Mutex::new(Some(runtime)))),
         })
+    }
+
+    /// Whether the calling thread is one of this pool's workers: work asked
+    /// for there (fine-rank's local call to recall) runs where it is, since
+    /// handing it to another task of the same pool only adds two wake-ups.
+    pub fn is_current(&self) -> bool {
+        ON_POOL.with(|p| p.get() == self.id)
     }
 
     /// Its worker threads.
@@ -251,6 +271,16 @@ mod tests {
             .await
             .expect("joined");
         assert_eq!(name.as_deref(), Some("feeds-compute"));
+        assert!(!pool.is_current(), "the test's own thread is not a worker");
+        let (here, other) = {
+            let (inner, other) = (pool.clone(), ComputePool::new(1).expect("pool"));
+            pool.spawn(Stage::Recall, async move {
+                (inner.is_current(), other.is_current())
+            })
+            .await
+            .expect("joined")
+        };
+        assert!(here && !other, "a worker knows its own pool and only it");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let waiting = pool.spawn(Stage::Recall, async move {
             let _tx = tx;

@@ -2,7 +2,8 @@
 //! caller's context on as it is unless this hop needs a child: a recorded
 //! span's `traceparent`, own-time accounting for `explain`, or a timer when
 //! no timer above bounds the call tree. A compute stage's leaf runs the
-//! call on the compute pool (see [`crate::overload::ComputePool`]) instead.
+//! call on the compute pool (see [`crate::overload::ComputePool`]) instead,
+//! unless its caller already runs there.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -73,21 +74,7 @@ where
             // The serving path: the implementation's own future, nothing added.
             return (leaf.method)(&leaf.imp, cx, msg);
         }
-        Box::pin(async move {
-            let child = cx.child(trace, explain, unbounded);
-            if let Some(timer) = cx.timer() {
-                timer.pause();
-            }
-            let run = (leaf.method)(&leaf.imp, &child, msg);
-            let out = match unbounded {
-                true => within(cx.deadline(), leaf.stage, run).await,
-                false => run.await,
-            };
-            if let Some(timer) = cx.timer() {
-                timer.resume();
-            }
-            leaf.finish(cx, &child, out?, explain)
-        })
+        Box::pin(leaf.here(cx, msg, trace, explain, unbounded))
     }
 }
 
@@ -97,9 +84,38 @@ where
     M: Explain + Send + 'static,
     R: Timings + Send + 'static,
 {
+    /// The call on the caller's thread, in a child context.
+    async fn here(
+        &self,
+        cx: &Cx,
+        msg: M,
+        trace: Option<crate::observe::TraceParent>,
+        explain: bool,
+        unbounded: bool,
+    ) -> Result<R, Status> {
+        if !explain && !unbounded && trace.is_none() {
+            return (self.method)(&self.imp, cx, msg).await;
+        }
+        let child = cx.child(trace, explain, unbounded);
+        if let Some(timer) = cx.timer() {
+            timer.pause();
+        }
+        let run = (self.method)(&self.imp, &child, msg);
+        let out = match unbounded {
+            true => within(cx.deadline(), self.stage, run).await,
+            false => run.await,
+        };
+        if let Some(timer) = cx.timer() {
+            timer.resume();
+        }
+        self.finish(cx, &child, out?, explain)
+    }
+
     /// The call on the compute pool: the child context and the
     /// implementation move onto it (its future must own what it borrows),
-    /// and come back with the answer.
+    /// and come back with the answer. Asked for on one of the pool's own
+    /// workers (fine-rank calling recall), it runs there instead: it is
+    /// already off the async workers, and the stage's limit still holds.
     async fn on(
         &self,
         pool: &ComputePool,
@@ -109,6 +125,9 @@ where
         explain: bool,
         unbounded: bool,
     ) -> Result<R, Status> {
+        if pool.is_current() {
+            return self.here(cx, msg, trace, explain, unbounded).await;
+        }
         let mut child = cx.child(trace, explain, unbounded);
         let (imp, method) = (Arc::clone(&self.imp), self.method);
         if let Some(timer) = cx.timer() {
