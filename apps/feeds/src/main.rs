@@ -99,6 +99,11 @@ enum Command {
         /// Where the named topologies live.
         #[arg(long, default_value = "deploy/local")]
         dir: PathBuf,
+        /// Only these user-context sizes (KB, comma-separated, each 1 to
+        /// 1024) on the mode's main world, without the corpus axis: to
+        /// re-measure a few rows of the sweep.
+        #[arg(long, value_name = "KB,..", value_delimiter = ',')]
+        kb: Option<Vec<usize>>,
     },
     #[cfg(feature = "lab")]
     /// Closed-loop load against a running deployment (the bench's request
@@ -321,7 +326,8 @@ fn main() -> ExitCode {
             smoke,
             out,
             dir,
-        } => bench(quick, smoke, out, dir),
+            kb,
+        } => bench(quick, smoke, out, dir, kb),
         #[cfg(feature = "lab")]
         Command::Load {
             addr,
@@ -603,8 +609,22 @@ fn train(file: Option<PathBuf>, world: WorldArgs, out: &std::path::Path) -> Exit
 }
 
 #[cfg(feature = "lab")]
-fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCode {
+fn bench(
+    quick: bool,
+    smoke: bool,
+    out: Option<PathBuf>,
+    dir: PathBuf,
+    kb: Option<Vec<usize>>,
+) -> ExitCode {
     use feeds::bench::{BenchOptions, Mode};
+    if let Some(bad) = kb.iter().flatten().find(|&&kb| kb == 0 || kb > 1024) {
+        eprintln!("error: --kb {bad}: each size must be 1..=1024");
+        return ExitCode::from(2);
+    }
+    if kb.as_ref().is_some_and(Vec::is_empty) {
+        eprintln!("error: --kb: name at least one size");
+        return ExitCode::from(2);
+    }
     let mode = if smoke {
         Mode::Smoke
     } else if quick {
@@ -625,6 +645,7 @@ fn bench(quick: bool, smoke: bool, out: Option<PathBuf>, dir: PathBuf) -> ExitCo
             exe: std::env::current_exe()?,
             deploy_dir: dir,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            payloads: kb,
         };
         let report = runtime(2)?.block_on(feeds::bench::run(&opts))?;
         feeds::bench::write_report(&report, &out)?;

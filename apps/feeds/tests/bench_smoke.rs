@@ -67,6 +67,23 @@ fn bench_smoke_writes_a_complete_report() {
         );
         assert_eq!(c["errors"].as_object().map(|e| e.len()), Some(0), "{c}");
     }
+    // Each floor is also measured at the rate of the topology it is the
+    // floor of: the one-hop echo at the monolith's, the chain at five-pod's.
+    let row = |name: &str| configs.iter().find(|c| c["topology"] == name).expect("row");
+    for (floor, of) in [("echo-one-hop", "monolith"), ("echo-chain", "five-pod")] {
+        let (floor, of) = (row(floor), row(of));
+        let rate = floor["matched_rate"].as_f64().expect("matched rate");
+        let throughput = of["throughput"]["median"].as_f64().expect("throughput");
+        assert!((rate - throughput).abs() < 1e-6, "{rate} vs {throughput}");
+        assert!(
+            floor["matched_cpu_ms_per_req"]
+                .as_f64()
+                .expect("matched CPU")
+                > 0.0,
+            "{floor}"
+        );
+    }
+    assert!(row("monolith")["matched_rate"].is_null());
     let targets = json["targets"].as_array().expect("targets");
     let named = |what: &str| {
         targets
@@ -91,4 +108,25 @@ fn bench_smoke_writes_a_complete_report() {
     let md = std::fs::read_to_string(out.join("report.md")).expect("report");
     assert!(md.contains("## Targets") && md.contains("echo-chain"));
     assert!(md.contains("## Framework cost") && md.contains("| 4 KB |"));
+    assert!(
+        md.contains("one-hop at its peak"),
+        "both floors in the table"
+    );
+}
+
+#[test]
+fn bad_payload_lists_are_refused_naming_the_option() {
+    for kb in ["0", "1,2048", "x"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("results");
+        let run = Command::new(common::EXE)
+            .args(["bench", "--smoke", "--kb", kb, "--out"])
+            .arg(&out)
+            .output()
+            .expect("run feeds bench");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "--kb {kb}: {stderr}");
+        assert!(stderr.contains("--kb"), "--kb {kb}: {stderr}");
+        assert!(!out.exists(), "--kb {kb} started something");
+    }
 }

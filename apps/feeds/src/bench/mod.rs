@@ -53,6 +53,8 @@ pub struct BenchOptions {
     pub deploy_dir: PathBuf,
     /// The exact command line, for the report.
     pub command: String,
+    /// Only these payloads (KB) on the mode's main world (`--kb`).
+    pub payloads: Option<Vec<usize>>,
 }
 
 /// The knobs a mode sets.
@@ -178,6 +180,11 @@ pub struct RunResult {
     pub cpu_ms_per_req: f64,
     /// Server CPU per request in the open-loop phase, ms.
     pub open_cpu_ms_per_req: f64,
+    /// For a floor row (see `floor_of`): the arrival rate of its matched
+    /// phase, the closed-loop throughput of the topology it is the floor of.
+    pub matched_rate: Option<f64>,
+    /// Server CPU per request in that phase (open loop at `matched_rate`), ms.
+    pub matched_cpu_ms_per_req: Option<f64>,
     /// The load generator's own CPU per request (closed loop), ms.
     pub loadgen_cpu_ms_per_req: f64,
     /// Each process's share of the topology's CPU (closed loop).
@@ -224,6 +231,10 @@ pub struct ConfigResult {
     pub throughput: Stat,
     /// Server CPU per request (closed loop), ms.
     pub cpu_ms_per_req: Stat,
+    /// A floor row's CPU per request at its topology's throughput (median).
+    pub matched_cpu_ms_per_req: Option<f64>,
+    /// That rate (median over the runs), requests per second.
+    pub matched_rate: Option<f64>,
     /// Open-loop latency p50, p90, p99, p99.9 (ms).
     pub open_latency_ms: [Stat; 4],
     /// The open loop's arrival rate (median over the runs), requests per
@@ -299,6 +310,19 @@ pub const FIVE_POD_EAGER: &str = "five-pod-eager";
 /// Rows of the bare-tonic baselines.
 fn is_echo_row(name: &str) -> bool {
     name.starts_with("echo")
+}
+
+/// The topology a bare-tonic row is the floor of: the one-hop echo the
+/// monolith's, the echo chain five-pod's. The floor is also measured at that
+/// topology's closed-loop throughput, since CPU per request depends on the
+/// request rate (fewer wake-ups and syscalls per request at a higher rate):
+/// the echo's own peak is 10 to 20 times the topologies'.
+fn floor_of(name: &str) -> Option<&'static str> {
+    match name {
+        "echo-one-hop" => Some("monolith"),
+        "echo-chain" => Some("five-pod"),
+        _ => None,
+    }
 }
 
 /// `n` distinct loopback ports the OS picks.
@@ -563,7 +587,13 @@ pub async fn load_once(
 /// Runs the whole bench and returns the report (not yet written).
 pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let settings = Settings::of(opts.mode, cores);
+    let mut settings = Settings::of(opts.mode, cores);
+    if let Some(payloads) = &opts.payloads {
+        settings.sweep.truncate(1);
+        if let Some((_, sweep)) = settings.sweep.first_mut() {
+            sweep.clone_from(payloads);
+        }
+    }
     let topologies = topologies(opts)?;
     let phases: u64 = settings
         .sweep
@@ -630,6 +660,16 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             for kb in &payloads {
                 bar.set_message(format!("{name}, {items} items, {kb} KB"));
                 let echo = is_echo_row(name);
+                // A floor is also measured at its topology's rate.
+                let matched_rate = floor_of(name).and_then(|of| {
+                    configs
+                        .iter()
+                        .find(|c: &&ConfigResult| {
+                            c.topology == of && c.items == *items && c.payload_kb == *kb
+                        })
+                        .map(|c| c.throughput.median)
+                        .filter(|r| *r >= 1.0)
+                });
                 let requests = Arc::new(requests(*kb, settings.users, !echo));
                 load::closed_loop(
                     &clients,
@@ -676,11 +716,27 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                         Duration::from_secs_f64(settings.open_s),
                     )
                     .await;
-                    let open_total: f64 = delta(&cpu_of(&running), &a).iter().sum();
+                    let after_open = cpu_of(&running);
+                    let open_total: f64 = delta(&after_open, &a).iter().sum();
                     let per = |cpu: f64, n: u64| 1000.0 * cpu / n.max(1) as f64;
+                    let mut matched_cpu_ms_per_req = None;
+                    if let Some(rate) = matched_rate {
+                        let matched = load::open_loop(
+                            &clients,
+                            *tenant,
+                            requests.clone(),
+                            rate,
+                            Duration::from_secs_f64(settings.closed_s),
+                        )
+                        .await;
+                        let cpu: f64 = delta(&cpu_of(&running), &after_open).iter().sum();
+                        matched_cpu_ms_per_req = Some(per(cpu, matched.requests));
+                    }
                     runs.push(RunResult {
                         cpu_ms_per_req: per(total, closed.requests),
                         open_cpu_ms_per_req: per(open_total, open.requests),
+                        matched_rate,
+                        matched_cpu_ms_per_req,
                         loadgen_cpu_ms_per_req: per(
                             own_after.saturating_sub(own).as_secs_f64(),
                             closed.requests,
@@ -787,6 +843,18 @@ fn summarise(name: &str, items: u32, kb: usize, runs: Vec<RunResult>) -> ConfigR
         payload_kb: kb,
         throughput: stat(&|r| r.closed.throughput()),
         cpu_ms_per_req: stat(&|r| r.cpu_ms_per_req),
+        matched_cpu_ms_per_req: runs
+            .iter()
+            .map(|r| r.matched_cpu_ms_per_req)
+            .collect::<Option<Vec<f64>>>()
+            .filter(|v| !v.is_empty())
+            .map(|v| Stat::of(v).median),
+        matched_rate: runs
+            .iter()
+            .map(|r| r.matched_rate)
+            .collect::<Option<Vec<f64>>>()
+            .filter(|v| !v.is_empty())
+            .map(|v| Stat::of(v).median),
         open_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.open.latency_ms[i])),
         open_rate: stat(&|r| r.open_rate).median,
         closed_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.closed.latency_ms[i])),
