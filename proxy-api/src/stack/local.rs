@@ -97,10 +97,27 @@ where
             return (self.method)(&self.imp, cx, msg).await;
         }
         let child = cx.child(trace, explain, unbounded);
+        let out = self
+            .away(cx, unbounded, || (self.method)(&self.imp, &child, msg))
+            .await;
+        self.finish(cx, &child, out?, explain)
+    }
+
+    /// Starts `run` with the caller's own-time clock paused until it ends,
+    /// bounded by the deadline when no timer above bounds the call tree.
+    async fn away<T, F>(
+        &self,
+        cx: &Cx,
+        unbounded: bool,
+        run: impl FnOnce() -> F,
+    ) -> Result<T, Status>
+    where
+        F: std::future::Future<Output = Result<T, Status>>,
+    {
         if let Some(timer) = cx.timer() {
             timer.pause();
         }
-        let run = (self.method)(&self.imp, &child, msg);
+        let run = run();
         let out = match unbounded {
             true => within(cx.deadline(), self.stage, run).await,
             false => run.await,
@@ -108,7 +125,7 @@ where
         if let Some(timer) = cx.timer() {
             timer.resume();
         }
-        self.finish(cx, &child, out?, explain)
+        out
     }
 
     /// The call on the compute pool: the child context and the
@@ -130,27 +147,19 @@ where
         }
         let mut child = cx.child(trace, explain, unbounded);
         let (imp, method) = (Arc::clone(&self.imp), self.method);
-        if let Some(timer) = cx.timer() {
-            timer.pause();
-        }
-        let run = pool.spawn(self.stage, async move {
-            // Own time is thread CPU time: start the clock where the stage runs.
-            child.restart_timer();
-            let out = method(&imp, &child, msg).await;
-            // ... and stop it there: the answer is read on the caller's thread.
-            if let Some(timer) = child.timer() {
-                timer.stop();
-            }
-            (out, child)
-        });
-        let joined = match unbounded {
-            true => within(cx.deadline(), self.stage, run).await,
-            false => run.await,
+        let run = || {
+            pool.spawn(self.stage, async move {
+                // Own time is thread CPU time: start the clock where the stage runs.
+                child.restart_timer();
+                let out = method(&imp, &child, msg).await;
+                // ... and stop it there: the answer is read on the caller's thread.
+                if let Some(timer) = child.timer() {
+                    timer.stop();
+                }
+                (out, child)
+            })
         };
-        if let Some(timer) = cx.timer() {
-            timer.resume();
-        }
-        let (out, child) = joined?;
+        let (out, child) = self.away(cx, unbounded, run).await?;
         self.finish(cx, &child, out?, explain)
     }
 

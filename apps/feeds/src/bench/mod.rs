@@ -708,27 +708,22 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                     let total: f64 = used.iter().sum();
                     let capacity = closed.throughput();
                     let open_rate = settings.rate.min(capacity / 2.0).max(1.0);
-                    let open = load::open_loop(
-                        &clients,
-                        *tenant,
-                        requests.clone(),
-                        open_rate,
-                        Duration::from_secs_f64(settings.open_s),
-                    )
-                    .await;
+                    let open_loop = |rate: f64, seconds: f64| {
+                        load::open_loop(
+                            &clients,
+                            *tenant,
+                            requests.clone(),
+                            rate,
+                            Duration::from_secs_f64(seconds),
+                        )
+                    };
+                    let open = open_loop(open_rate, settings.open_s).await;
                     let after_open = cpu_of(&running);
                     let open_total: f64 = delta(&after_open, &a).iter().sum();
                     let per = |cpu: f64, n: u64| 1000.0 * cpu / n.max(1) as f64;
                     let mut matched_cpu_ms_per_req = None;
                     if let Some(rate) = matched_rate {
-                        let matched = load::open_loop(
-                            &clients,
-                            *tenant,
-                            requests.clone(),
-                            rate,
-                            Duration::from_secs_f64(settings.closed_s),
-                        )
-                        .await;
+                        let matched = open_loop(rate, settings.closed_s).await;
                         let cpu: f64 = delta(&cpu_of(&running), &after_open).iter().sum();
                         matched_cpu_ms_per_req = Some(per(cpu, matched.requests));
                     }
@@ -843,18 +838,8 @@ fn summarise(name: &str, items: u32, kb: usize, runs: Vec<RunResult>) -> ConfigR
         payload_kb: kb,
         throughput: stat(&|r| r.closed.throughput()),
         cpu_ms_per_req: stat(&|r| r.cpu_ms_per_req),
-        matched_cpu_ms_per_req: runs
-            .iter()
-            .map(|r| r.matched_cpu_ms_per_req)
-            .collect::<Option<Vec<f64>>>()
-            .filter(|v| !v.is_empty())
-            .map(|v| Stat::of(v).median),
-        matched_rate: runs
-            .iter()
-            .map(|r| r.matched_rate)
-            .collect::<Option<Vec<f64>>>()
-            .filter(|v| !v.is_empty())
-            .map(|v| Stat::of(v).median),
+        matched_cpu_ms_per_req: median_of(&runs, |r| r.matched_cpu_ms_per_req),
+        matched_rate: median_of(&runs, |r| r.matched_rate),
         open_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.open.latency_ms[i])),
         open_rate: stat(&|r| r.open_rate).median,
         closed_latency_ms: [0, 1, 2, 3].map(|i| stat(&|r: &RunResult| r.closed.latency_ms[i])),
@@ -863,6 +848,15 @@ fn summarise(name: &str, items: u32, kb: usize, runs: Vec<RunResult>) -> ConfigR
         stage_self_us,
         runs,
     }
+}
+
+/// The median of a figure only some rows measure: `None` unless every run has it.
+fn median_of(runs: &[RunResult], figure: impl Fn(&RunResult) -> Option<f64>) -> Option<f64> {
+    runs.iter()
+        .map(figure)
+        .collect::<Option<Vec<f64>>>()
+        .filter(|v| !v.is_empty())
+        .map(|v| Stat::of(v).median)
 }
 
 /// A stage with no logic, for the local-hop measurement.
