@@ -87,6 +87,10 @@ pub struct ProcessConfig {
     pub concurrency_limit: ConcurrencyLimit,
     /// The adaptive limit never goes below this.
     pub min_concurrent_requests: usize,
+    /// The adaptive limit's latency bound: a sample window averaging above
+    /// this multiple of the no-load latency shrinks the limit, and growth
+    /// stops where it would pass it (1.1 to 100).
+    pub latency_tolerance: f64,
     /// The adaptive limit at start, before any latency is measured.
     pub initial_concurrent_requests: usize,
     /// Worker threads of the compute pool CPU-heavy stages run on (see
@@ -207,7 +211,8 @@ impl Default for ProcessConfig {
             grace_ms: 10_000,
             max_concurrent_requests: 1_024,
             concurrency_limit: ConcurrencyLimit::Adaptive,
-            min_concurrent_requests: 4,
+            min_concurrent_requests: 1,
+            latency_tolerance: 1.5,
             initial_concurrent_requests: 20,
             compute_threads: 0,
             tls: TlsConfig::default(),
@@ -560,6 +565,15 @@ impl Config {
                 ),
             ));
         }
+        if !(1.1..=100.0).contains(&p.latency_tolerance) {
+            return Err(ConfigError::new(
+                "process.latency_tolerance",
+                format!(
+                    "{} is outside 1.1 to 100 (a multiple of the no-load latency)",
+                    p.latency_tolerance
+                ),
+            ));
+        }
         // A lower ceiling alone is enough: the floor and the start follow it.
         let min = p.min_concurrent_requests.min(ceiling);
         Ok(match (p.concurrency_limit, p.max_concurrent_requests) {
@@ -569,6 +583,7 @@ impl Config {
                 initial: p.initial_concurrent_requests.clamp(min, ceiling),
                 min,
                 max: ceiling,
+                tolerance_pct: (p.latency_tolerance * 100.0).round() as u32,
                 ..VegasConfig::default()
             })),
         })
@@ -826,7 +841,10 @@ mod tests {
         let plan = Config::default().validate().expect("defaults are valid");
         match plan.admission {
             Some(LimitMode::Adaptive(v)) => {
-                assert_eq!((v.initial, v.min, v.max), (20, 4, 1_024));
+                assert_eq!(
+                    (v.initial, v.min, v.max, v.tolerance_pct),
+                    (20, 1, 1_024, 150)
+                );
             }
             other => panic!("default admission {other:?}"),
         }
@@ -862,8 +880,8 @@ mod tests {
             .expect("a small ceiling alone is valid")
             .admission
         {
-            // The floor and the start follow a lower ceiling.
-            Some(LimitMode::Adaptive(v)) => assert_eq!((v.initial, v.min, v.max), (2, 2, 2)),
+            // The start follows a lower ceiling (the floor of 1 is below it).
+            Some(LimitMode::Adaptive(v)) => assert_eq!((v.initial, v.min, v.max), (2, 1, 2)),
             other => panic!("{other:?}"),
         }
         c.process.concurrency_limit = ConcurrencyLimit::Fixed;
@@ -924,8 +942,12 @@ mod tests {
         c.process.min_concurrent_requests = 0;
         assert_eq!(key(c), "process.min_concurrent_requests");
         let mut c = Config::default();
+        c.process.min_concurrent_requests = 4;
         c.process.initial_concurrent_requests = 2;
         assert_eq!(key(c), "process.initial_concurrent_requests");
+        let mut c = Config::default();
+        c.process.latency_tolerance = 1.0;
+        assert_eq!(key(c), "process.latency_tolerance");
         let mut c = Config::default();
         c.process.compute_threads = 257;
         assert_eq!(key(c), "process.compute_threads");

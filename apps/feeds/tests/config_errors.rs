@@ -154,6 +154,12 @@ fn invalid_concurrency_values() {
         "[process]\nmin_concurrent_requests = 30\ninitial_concurrent_requests = 10\n",
         "process.initial_concurrent_requests",
     );
+    for tolerance in ["1.0", "0.5", "1000.0", "nan", "-inf"] {
+        assert_rejected(
+            &format!("[process]\nlatency_tolerance = {tolerance}\n"),
+            "process.latency_tolerance",
+        );
+    }
     assert_rejected(
         "[process]\nconcurrency_limit = \"gradient\"\n",
         "concurrency_limit",

@@ -119,9 +119,15 @@ where
             AdmitProj::Admitted { inner, permit } => {
                 let out = std::task::ready!(inner.poll(cx));
                 if let Some(permit) = permit.take() {
-                    let dropped = out
-                        .as_ref()
-                        .is_ok_and(|r| header_code(r) == Some(tonic::Code::DeadlineExceeded));
+                    // Out of its deadline, or refused by a stage's bulkhead
+                    // inside: either way more was admitted than the process
+                    // can take, and its short latency is no sample of work.
+                    let dropped = out.as_ref().is_ok_and(|r| {
+                        matches!(
+                            header_code(r),
+                            Some(tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted)
+                        )
+                    });
                     permit.done(dropped);
                 }
                 Poll::Ready(out)

@@ -215,8 +215,17 @@ impl Limiter {
             permit.in_flight,
             dropped,
         );
-        if step == Step::Updated {
+        if step != Step::Open {
             let limit = vegas.limit();
+            tracing::debug!(
+                target: "feeds::overload",
+                scope = %self.scope,
+                ?step,
+                limit,
+                window_ms = vegas.last_window().map(|d| d.as_secs_f64() * 1e3),
+                noload_ms = vegas.noload().map(|d| d.as_secs_f64() * 1e3),
+                "adaptive limit window closed"
+            );
             drop(vegas);
             self.limit.store(limit, Ordering::Relaxed);
             if let Some(s) = &self.series {
