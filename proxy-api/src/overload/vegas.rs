@@ -240,15 +240,19 @@ impl Vegas {
     /// Starts a probe: the next window runs at `limit / tolerance`, and the
     /// limit goes back to `restore` after it unless it finds the baseline
     /// was a loaded one.
+    /// `limit` within the configured floor and ceiling.
+    fn clamped(&self, limit: f64) -> f64 {
+        limit.clamp(self.config.min as f64, self.config.max as f64)
+    }
+
     fn probe(&mut self, restore: f64, periodic: bool, saturated: bool) -> Step {
-        let (min, max) = (self.config.min as f64, self.config.max as f64);
         self.since_probe = 0;
         self.probing = Some(Probing {
             restore,
             periodic,
             saturated,
         });
-        self.limit = (self.limit / self.tolerance()).floor().clamp(min, max);
+        self.limit = self.clamped((self.limit / self.tolerance()).floor());
         Step::Probe
     }
 
@@ -331,7 +335,7 @@ impl Vegas {
                 limit
             }
         };
-        self.limit = next.clamp(self.config.min as f64, self.config.max as f64);
+        self.limit = self.clamped(next);
         Step::Updated
     }
 }
