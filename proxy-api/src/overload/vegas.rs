@@ -290,7 +290,15 @@ impl Vegas {
             .probe_multiplier
             .saturating_mul(limit as u64)
             .max(MIN_PROBE_GAP);
-        if self.noload_ns.is_some() && self.since_probe >= every {
+        // Not while a window is over the bound (unless the limit is at its
+        // floor): the probe's requests would wait behind the queue the
+        // limit was just cut for, and its window would measure that queue
+        // draining and take it as the new unloaded latency.
+        let over = self
+            .noload_ns
+            .is_some_and(|n| rtt_ns > n * self.tolerance());
+        let floor = limit <= self.config.min as f64;
+        if self.noload_ns.is_some() && self.since_probe >= every && (!over || floor) {
             return self.probe(limit, true, saturated);
         }
         let noload = match self.noload_ns {
@@ -581,6 +589,48 @@ mod tests {
         assert_eq!(v.limit(), 8);
         let limits = run(&mut v, &mut clock, 100, |_| MS, |l| l);
         assert_eq!(*limits.last().expect("limits"), 200);
+    }
+
+    /// One window of ten samples 12 ms apart, each `rtt` with `in_flight`
+    /// in flight, admitted after the window starts; the step that closed it.
+    fn window(vegas: &mut Vegas, clock: &mut Duration, rtt: Duration, in_flight: usize) -> Step {
+        *clock += rtt;
+        let mut step = Step::Open;
+        for _ in 0..10 {
+            *clock += 12 * MS;
+            step = vegas.sample(*clock, rtt, in_flight, false);
+        }
+        step
+    }
+
+    #[test]
+    fn no_periodic_probe_while_a_queue_drains() {
+        // Measured on a one-core server: the limit was cut from 20 to 5 at
+        // an overload's onset, the probe due came in the next window, its
+        // requests waited behind the 20 admitted before, and it took 8.8 ms
+        // (4.6x the unloaded 1.9 ms) as the new unloaded latency.
+        let mut v = Vegas::new(VegasConfig {
+            probe_multiplier: 1,
+            min: 1,
+            ..VegasConfig::default()
+        });
+        let mut clock = Duration::ZERO;
+        assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Probe);
+        assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Baseline);
+        for _ in 0..15 {
+            assert_eq!(window(&mut v, &mut clock, 2 * MS, 2), Step::AppLimited);
+        }
+        // The onset: cut to a quarter; a probe is now due (16 windows >= 10).
+        assert_eq!(window(&mut v, &mut clock, 26 * MS, 20), Step::Updated);
+        assert_eq!(v.limit(), 5);
+        // Still draining: cut again, no probe.
+        assert_eq!(window(&mut v, &mut clock, 13 * MS, 5), Step::Updated);
+        assert_eq!(v.limit(), 1);
+        assert_eq!(v.noload(), Some(2 * MS));
+        // Drained: the probe runs now and keeps the unloaded latency.
+        assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Probe);
+        assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Baseline);
+        assert_eq!(v.noload(), Some(2 * MS));
     }
 
     #[test]
