@@ -88,8 +88,10 @@ struct Window {
     start: Option<Duration>,
     /// Samples in it.
     samples: u32,
-    /// Their latencies, summed, in nanoseconds.
+    /// The latencies of those not dropped, summed, in nanoseconds.
     sum_ns: u128,
+    /// How many were not dropped (the average's denominator).
+    timed: u32,
     /// The most requests in flight any of them saw.
     max_in_flight: usize,
     /// Whether one of them ran out of its deadline.
@@ -214,7 +216,13 @@ impl Vegas {
         let w = &mut self.window;
         let start = *w.start.get_or_insert(now);
         w.samples += 1;
-        w.sum_ns += rtt.as_nanos();
+        // A dropped request's latency is not the service's: a refusal from
+        // below comes back fast, and counting it would pull the window
+        // (and the no-load latency) down.
+        if !dropped {
+            w.sum_ns += rtt.as_nanos();
+            w.timed += 1;
+        }
         w.max_in_flight = w.max_in_flight.max(in_flight);
         w.dropped |= dropped;
         let age = now.saturating_sub(start);
@@ -223,8 +231,16 @@ impl Vegas {
             return Step::Open;
         }
         let window = std::mem::take(&mut self.window);
-        let rtt_ns = window.sum_ns as f64 / f64::from(window.samples.max(1));
         let before = self.limit();
+        if window.timed == 0 {
+            // Every request dropped: no latency to learn from, only the cut.
+            self.limit = self.clamped(self.limit * 0.9);
+            if self.limit() != before {
+                self.moved = now;
+            }
+            return Step::Updated;
+        }
+        let rtt_ns = window.sum_ns as f64 / f64::from(window.timed);
         self.last_window = Some(Duration::from_nanos(rtt_ns as u64));
         let step = self.close(rtt_ns, window.max_in_flight, window.dropped);
         if self.limit() != before {
@@ -631,6 +647,46 @@ mod tests {
         assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Probe);
         assert_eq!(window(&mut v, &mut clock, 2 * MS, 1), Step::Baseline);
         assert_eq!(v.noload(), Some(2 * MS));
+    }
+
+    #[test]
+    fn fast_refusals_from_below_do_not_lower_the_no_load_latency() {
+        // Measured in five-pod: split's refusals came back to business in
+        // well under a millisecond, the window averaged 1.9 ms against a
+        // chain that takes 4.6 ms unloaded, and that became the baseline.
+        let mut v = Vegas::new(VegasConfig {
+            min: 1,
+            ..VegasConfig::default()
+        });
+        let mut clock = Duration::ZERO;
+        assert_eq!(window(&mut v, &mut clock, 5 * MS, 1), Step::Probe);
+        assert_eq!(window(&mut v, &mut clock, 5 * MS, 1), Step::Baseline);
+        assert_eq!(v.noload(), Some(5 * MS));
+        // Half the window refused below at 0.2 ms, half served at 5 ms.
+        clock += 5 * MS;
+        let mut step = Step::Open;
+        for i in 0..10 {
+            clock += 12 * MS;
+            let (rtt, dropped) = if i % 2 == 0 {
+                (MS / 5, true)
+            } else {
+                (5 * MS, false)
+            };
+            step = v.sample(clock, rtt, 20, dropped);
+        }
+        assert_eq!(step, Step::Updated);
+        assert_eq!(v.noload(), Some(5 * MS));
+        assert_eq!(v.last_window(), Some(5 * MS));
+        assert_eq!(v.limit(), 18, "cut by 10% for the drops");
+        // A window of drops alone cuts again and learns nothing.
+        clock += 5 * MS;
+        for _ in 0..10 {
+            clock += 12 * MS;
+            step = v.sample(clock, MS / 5, 18, true);
+        }
+        assert_eq!(step, Step::Updated);
+        assert_eq!(v.limit(), 16);
+        assert_eq!(v.noload(), Some(5 * MS));
     }
 
     #[test]
