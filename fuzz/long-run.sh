@@ -19,10 +19,24 @@ mkdir -p "$out/corpus/$target" "$out/artifacts/$target" "$out/logs"
 log=$out/logs/$target.log
 start=$(date +%s)
 status=0
-nice -n 19 "$bin" "$out/corpus/$target" "$root/fuzz/corpus/$target" \
+# With the kernel's autogroups, a nice value only ranks a process within
+# its session: a run sharing a session with nothing else would still take a
+# full share of the CPU from every other session. So the run gets a session
+# of its own (setsid) and that session's group is lowered too.
+setsid nice -n 19 "$bin" "$out/corpus/$target" "$root/fuzz/corpus/$target" \
     -runs="$runs" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$out/artifacts/$target/" \
-    2>"$log" || status=$?
+    2>"$log" &
+pid=$!
+# Only once it leads its own session: before that its group is this one's.
+for _ in $(seq 100); do
+    [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] && break
+    sleep 0.01
+done
+if [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] && [ -w "/proc/$pid/autogroup" ]; then
+    echo 19 >"/proc/$pid/autogroup" 2>/dev/null || true
+fi
+wait "$pid" || status=$?
 wall=$(($(date +%s) - start))
 stat() { grep -o "stat::$1: *[0-9]*" "$log" | grep -o '[0-9]*$' || echo '?'; }
 last() { grep -o "$1: [0-9]*" "$log" | tail -1 | grep -o '[0-9]*$' || echo '?'; }
