@@ -29,11 +29,12 @@ setsid nice -n 19 "$bin" "$out/corpus/$target" "$root/fuzz/corpus/$target" \
     2>"$log" &
 pid=$!
 # Only once it leads its own session: before that its group is this one's.
+leads() { [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ]; }
 for _ in $(seq 100); do
-    [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] && break
+    leads && break
     sleep 0.01
 done
-if [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] && [ -w "/proc/$pid/autogroup" ]; then
+if leads && [ -w "/proc/$pid/autogroup" ]; then
     echo 19 >"/proc/$pid/autogroup" 2>/dev/null || true
 fi
 wait "$pid" || status=$?

@@ -153,6 +153,9 @@ struct Probing {
 /// server halves its latency, where noise moves it by a few tenths.
 const LOADED: f64 = 0.8;
 
+/// What a window with a dropped request does to the limit.
+const DROP_CUT: f64 = 0.9;
+
 /// Windows between two periodic probes at least, so a small limit still has
 /// windows to move in between.
 const MIN_PROBE_GAP: u64 = 10;
@@ -232,17 +235,15 @@ impl Vegas {
         }
         let window = std::mem::take(&mut self.window);
         let before = self.limit();
-        if window.timed == 0 {
+        let step = if window.timed == 0 {
             // Every request dropped: no latency to learn from, only the cut.
-            self.limit = self.clamped(self.limit * 0.9);
-            if self.limit() != before {
-                self.moved = now;
-            }
-            return Step::Updated;
-        }
-        let rtt_ns = window.sum_ns as f64 / f64::from(window.timed);
-        self.last_window = Some(Duration::from_nanos(rtt_ns as u64));
-        let step = self.close(rtt_ns, window.max_in_flight, window.dropped);
+            self.limit = self.clamped(self.limit * DROP_CUT);
+            Step::Updated
+        } else {
+            let rtt_ns = window.sum_ns as f64 / f64::from(window.timed);
+            self.last_window = Some(Duration::from_nanos(rtt_ns as u64));
+            self.close(rtt_ns, window.max_in_flight, window.dropped)
+        };
         if self.limit() != before {
             self.moved = now;
         }
@@ -335,7 +336,7 @@ impl Vegas {
         let bound = noload * self.tolerance();
         let at_bound = limit * bound / rtt_ns;
         let next = if dropped {
-            limit * 0.9
+            limit * DROP_CUT
         } else if (in_flight as f64) * 2.0 < limit {
             return Step::AppLimited;
         } else if rtt_ns > bound {
@@ -382,18 +383,26 @@ mod tests {
         let mut limits = Vec::new();
         for _ in 0..windows {
             let (r, f) = (rtt(vegas.limit()), in_flight(vegas.limit()));
-            // The window's requests are admitted after it starts (after the
-            // last change of the limit) and finish `r` later.
-            *clock += r;
-            // Ten samples 12 ms apart: the tenth closes the window (108 ms).
-            for i in 0..10 {
-                *clock += 12 * MS;
-                let step = vegas.sample(*clock, r, f, false);
-                assert_eq!(step == Step::Open, i < 9, "sample {i}: {step:?}");
-            }
+            window(vegas, clock, r, f);
             limits.push(vegas.limit());
         }
         limits
+    }
+
+    /// One window of ten samples 12 ms apart, each `rtt` with `in_flight`
+    /// in flight; the step that closed it.
+    fn window(vegas: &mut Vegas, clock: &mut Duration, rtt: Duration, in_flight: usize) -> Step {
+        // The window's requests are admitted after it starts (after the
+        // last change of the limit) and finish `rtt` later.
+        *clock += rtt;
+        // Ten samples 12 ms apart: the tenth closes the window (108 ms).
+        let mut step = Step::Open;
+        for i in 0..10 {
+            *clock += 12 * MS;
+            step = vegas.sample(*clock, rtt, in_flight, false);
+            assert_eq!(step == Step::Open, i < 9, "sample {i}: {step:?}");
+        }
+        step
     }
 
     /// A CPU-bound server: `parallel` requests run at once at `service`
@@ -605,18 +614,6 @@ mod tests {
         assert_eq!(v.limit(), 8);
         let limits = run(&mut v, &mut clock, 100, |_| MS, |l| l);
         assert_eq!(*limits.last().expect("limits"), 200);
-    }
-
-    /// One window of ten samples 12 ms apart, each `rtt` with `in_flight`
-    /// in flight, admitted after the window starts; the step that closed it.
-    fn window(vegas: &mut Vegas, clock: &mut Duration, rtt: Duration, in_flight: usize) -> Step {
-        *clock += rtt;
-        let mut step = Step::Open;
-        for _ in 0..10 {
-            *clock += 12 * MS;
-            step = vegas.sample(*clock, rtt, in_flight, false);
-        }
-        step
     }
 
     #[test]
