@@ -55,6 +55,7 @@ where
     }
 
     /// One call in `cx` (recorded when the stage's recorder samples it).
+    #[inline(always)]
     pub fn call<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
         if let Some(pending) = self
             .record
@@ -71,6 +72,7 @@ where
         self.call_unrecorded(cx, msg)
     }
 
+    #[inline(always)]
     fn call_unrecorded<'a>(&'a self, cx: &'a Cx, msg: M) -> BoxCall<'a, R> {
         if self.stack.enabled() {
             return Box::pin(call_ref::<

@@ -52,7 +52,7 @@ pin_project! {
     #[project = BulkheadProj]
     pub enum BulkheadFuture<F> {
         /// Refused at once.
-        Refused { status: Option<Status> },
+        Refused { status: Option<Box<Status>> },
         /// Running; the place is freed when it finishes or is dropped.
         Running { #[pin] inner: F, permit: Option<Permit> },
     }
@@ -66,9 +66,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            BulkheadProj::Refused { status } => Poll::Ready(Err(status
-                .take()
-                .unwrap_or_else(|| Status::internal("bulkhead future polled after completion")))),
+            BulkheadProj::Refused { status } => Poll::Ready(Err(status.take().map_or_else(
+                || Status::internal("bulkhead future polled after completion"),
+                |status| *status,
+            ))),
             BulkheadProj::Running { inner, permit } => {
                 let out = std::task::ready!(inner.poll(cx));
                 if let Some(permit) = permit.take() {
@@ -93,6 +94,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline(always)]
     fn call(&mut self, call: Call<'a, M>) -> Self::Future {
         let this: &'a Bulkhead<S> = self;
         let permit = match &this.limiter {
@@ -101,7 +103,7 @@ where
                 Some(permit) => Some(permit),
                 None => {
                     return BulkheadFuture::Refused {
-                        status: Some(limiter.refusal()),
+                        status: Some(Box::new(limiter.refusal())),
                     };
                 }
             },

@@ -28,10 +28,14 @@ static COARSE_BASE: OnceLock<Option<(Instant, Duration)>> = OnceLock::new();
 
 /// The kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`, the time
 /// of the last tick; a vDSO read several times cheaper than the precise one).
-fn coarse() -> Option<Duration> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .ok()
-        .map(Duration::from)
+/// Read through rustix, which calls the vDSO without libc's errno path.
+#[inline(always)]
+fn coarse() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Now, from the coarse clock: never after `Instant::now()`, and at most two
@@ -43,6 +47,7 @@ fn coarse() -> Option<Duration> {
 /// most one resolution behind the precise time it is taken at, so the base
 /// is at or behind its `Instant`, and a later reading, at or behind its own
 /// time, adds no more than the time that has passed.
+#[inline]
 pub(crate) fn coarse_now() -> Instant {
     let base = COARSE_BASE.get_or_init(|| {
         let resolution = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
@@ -50,11 +55,11 @@ pub(crate) fn coarse_now() -> Instant {
             .map(Duration::from)
             .filter(|r| *r <= COARSE_MAX)?;
         let precise = Instant::now();
-        Some((precise, coarse()? + resolution))
+        Some((precise, coarse() + resolution))
     });
-    match (base, coarse()) {
-        (Some((precise, at)), Some(reading)) => *precise + reading.saturating_sub(*at),
-        _ => Instant::now(),
+    match base {
+        Some((precise, at)) => *precise + coarse().saturating_sub(*at),
+        None => Instant::now(),
     }
 }
 
@@ -101,6 +106,7 @@ impl<S> Deadline<S> {
     /// `cx` has passed (`now`, if the caller already read the clock).
     /// Bounded by a timer above (see [`crate::Cx::assume_bounded`]), the
     /// clock read is [`coarse_now`].
+    #[inline(always)]
     pub fn check(&self, cx: &crate::Cx, now: Option<Instant>) -> Result<(), Status> {
         let Some(deadline) = cx.deadline() else {
             return Ok(());
@@ -126,7 +132,7 @@ pin_project! {
     #[project = DeadlineProj]
     pub enum DeadlineFuture<F> {
         /// Refused before it started.
-        Expired { status: Option<Status> },
+        Expired { status: Option<Box<Status>> },
         /// Running.
         Running { #[pin] inner: F },
     }
@@ -140,9 +146,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            DeadlineProj::Expired { status } => Poll::Ready(Err(status
-                .take()
-                .unwrap_or_else(|| Status::internal("deadline future polled after completion")))),
+            DeadlineProj::Expired { status } => Poll::Ready(Err(status.take().map_or_else(
+                || Status::internal("deadline future polled after completion"),
+                |status| *status,
+            ))),
             DeadlineProj::Running { inner } => inner.poll(cx),
         }
     }
@@ -160,11 +167,12 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline(always)]
     fn call(&mut self, call: Call<'a, M>) -> Self::Future {
         let this: &'a Deadline<S> = self;
         if let Err(status) = this.check(call.cx, call.now) {
             return DeadlineFuture::Expired {
-                status: Some(status),
+                status: Some(Box::new(status)),
             };
         }
         DeadlineFuture::Running {
@@ -221,6 +229,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline(always)]
     fn call(&mut self, call: Call<'a, M>) -> Self::Future {
         let this: &'a ServerDeadline<S> = self;
         let deadline = call.cx.deadline();

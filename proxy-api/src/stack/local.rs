@@ -62,6 +62,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline(always)]
     fn call(&mut self, call: Call<'a, M>) -> BoxCall<'a, R> {
         let leaf: &'a Leaf<I, M, R> = self;
         let Call { cx, msg, trace, .. } = call;

@@ -91,6 +91,7 @@ pub struct Call<'a, M> {
 
 impl<'a, M> Call<'a, M> {
     /// A call of `msg` in `cx`.
+    #[inline(always)]
     pub fn new(cx: &'a Cx, msg: M) -> Self {
         Self {
             cx,
@@ -164,6 +165,7 @@ impl Default for RuntimeOptions {
 }
 
 /// Calls a stack service by shared reference.
+#[inline(always)]
 fn call_ref<'a, S, M>(
     service: &'a S,
     call: Call<'a, M>,

@@ -69,6 +69,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline(always)]
     fn call(&mut self, mut call: Call<'a, M>) -> Self::Future {
         let this: &'a Observe<S> = self;
         let Some(site) = &this.site else {
