@@ -320,7 +320,8 @@ impl Balancer {
         };
         let mut endpoint = endpoint
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .max_frame_size(crate::server::MAX_FRAME_SIZE);
         if self.config.keepalive_ms > 0 {
             endpoint = endpoint
                 .http2_keep_alive_interval(Duration::from_millis(self.config.keepalive_ms))

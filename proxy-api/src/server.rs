@@ -21,6 +21,14 @@ use crate::{Balancer, Limits, Registry, ServeOptions};
 /// use it; readiness uses `""`.
 pub const LIVENESS: &str = "liveness";
 
+/// The largest HTTP/2 frame payload a Tandem server or client accepts
+/// (`SETTINGS_MAX_FRAME_SIZE`). At the protocol's default, 16,384 bytes, a
+/// 16 KB user context takes two DATA frames at every hop, and h2 writes each
+/// in a syscall of its own; at 1 MiB a message of up to 1 MiB is one frame.
+/// Each end advertises it for what it receives, so both directions use it;
+/// a peer that keeps the default is sent default-sized frames.
+pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// How the server of one process behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
@@ -241,6 +249,7 @@ pub async fn run_with_health(
     });
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_frame_size(MAX_FRAME_SIZE)
         .http2_keepalive_interval(options.keepalive)
         .http2_keepalive_timeout(options.keepalive_timeout);
     if let Some(age) = options.max_connection_age {

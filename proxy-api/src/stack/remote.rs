@@ -6,6 +6,7 @@
 //! and the message is never cloned (see [`crate::codec::Payload`]).
 
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -48,18 +49,96 @@ where
     M: prost::Message + Send + 'static,
     R: prost::Message + Default + Send + 'static,
 {
-    let mut grpc = tonic::client::Grpc::new(channel)
+    let mut grpc = tonic::client::Grpc::new(OneFrame(channel))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(limits.max_send_bytes);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
+    grpc.ready().await.map_err(Status::from_error)?;
     grpc.unary(
         request,
         http::uri::PathAndQuery::from_static(path),
         PayloadCodec::<M, R>::default(),
     )
     .await
+}
+
+/// The endpoint's channel, sending each request body as one chunk that ends
+/// the stream.
+///
+/// tonic's request body learns that it has ended only when polled once more
+/// after its message, so HTTP/2 sends the message, then an empty DATA frame
+/// that ends the stream, and h2 writes each in a syscall of its own (a DATA
+/// frame over 256 bytes is written from its own buffer and flushed before the
+/// next). Gathering the body first (it is ready at once: the message is
+/// encoded as it is polled) lets the message's own frame end the stream.
+#[derive(Clone)]
+pub(crate) struct OneFrame(tonic::transport::Channel);
+
+impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tower::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.0, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The channel that was polled ready sends; its clone takes its place.
+        let ready = self.0.clone();
+        let mut channel = std::mem::replace(&mut self.0, ready);
+        Box::pin(async move {
+            let (parts, mut body) = request.into_parts();
+            let mut data: Option<bytes::Bytes> = None;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx))
+                    .await
+            {
+                // An encode error (a message over the send limit) is the
+                // call's status, as tonic's own body would make it.
+                let Ok(chunk) = frame?.into_data() else {
+                    continue;
+                };
+                data = Some(match data.take() {
+                    None => chunk,
+                    Some(head) => {
+                        let mut joined = bytes::BytesMut::with_capacity(head.len() + chunk.len());
+                        joined.extend_from_slice(&head);
+                        joined.extend_from_slice(&chunk);
+                        joined.freeze()
+                    }
+                });
+            }
+            let body = tonic::body::Body::new(OneChunk(data));
+            tower::Service::call(&mut channel, http::Request::from_parts(parts, body))
+                .await
+                .map_err(Into::into)
+        })
+    }
+}
+
+/// A request body of one chunk, ended as soon as the chunk is taken.
+struct OneChunk(Option<bytes::Bytes>);
+
+impl hyper::body::Body for OneChunk {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Status>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 impl<'a, M, R> tower::Service<Call<'a, M>> for &'a RemoteLeaf<M, R>
