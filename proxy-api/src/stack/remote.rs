@@ -49,7 +49,7 @@ where
     M: prost::Message + Send + 'static,
     R: prost::Message + Default + Send + 'static,
 {
-    let mut grpc = tonic::client::Grpc::new(OneFrame(channel))
+    let mut grpc = tonic::client::Grpc::new(OneFrame(Some(channel)))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(limits.max_send_bytes);
     grpc.ready().await.map_err(Status::from_error)?;
@@ -70,8 +70,16 @@ where
 /// frame over 256 bytes is written from its own buffer and flushed before the
 /// next). Gathering the body first (it is ready at once: the message is
 /// encoded as it is polled) lets the message's own frame end the stream.
-#[derive(Clone)]
-pub(crate) struct OneFrame(tonic::transport::Channel);
+///
+/// One `OneFrame` carries one call: its channel (a clone made for the call)
+/// goes into that call's future, so no second clone is made to take its
+/// place.
+pub(crate) struct OneFrame(Option<tonic::transport::Channel>);
+
+/// The error of a `OneFrame` asked for a second call.
+fn spent() -> tower::BoxError {
+    Status::internal("remote call: channel already used by this call").into()
+}
 
 impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
     type Response = http::Response<tonic::body::Body>;
@@ -81,14 +89,17 @@ impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.0, cx).map_err(Into::into)
+        match &mut self.0 {
+            Some(channel) => tower::Service::poll_ready(channel, cx).map_err(Into::into),
+            None => Poll::Ready(Err(spent())),
+        }
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        // The channel that was polled ready sends; its clone takes its place.
-        let ready = self.0.clone();
-        let mut channel = std::mem::replace(&mut self.0, ready);
+        // The channel that was polled ready sends.
+        let channel = self.0.take();
         Box::pin(async move {
+            let mut channel = channel.ok_or_else(spent)?;
             let (parts, mut body) = request.into_parts();
             let mut data: Option<bytes::Bytes> = None;
             while let Some(frame) =
