@@ -26,7 +26,9 @@ pub const LIVENESS: &str = "liveness";
 /// 16 KB user context takes two DATA frames at every hop, and h2 writes each
 /// in a syscall of its own; at 1 MiB a message of up to 1 MiB is one frame.
 /// Each end advertises it for what it receives, so both directions use it;
-/// a peer that keeps the default is sent default-sized frames.
+/// a peer that keeps the default is sent default-sized frames. The cost is
+/// memory: a connection's read buffer holds a whole frame, so a peer can
+/// make it hold up to 1 MiB (16 KB at the default).
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 /// How the server of one process behaves.
