@@ -6,9 +6,10 @@
 //! and the message is never cloned (see [`crate::codec::Payload`]).
 
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
 
 use super::{BoxCall, Call, Explain, Timings};
 use crate::codec::{Payload, PayloadCodec};
@@ -84,9 +85,7 @@ fn spent() -> tower::BoxError {
 impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
     type Response = http::Response<tonic::body::Body>;
     type Error = tower::BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match &mut self.0 {
@@ -102,10 +101,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
             let mut channel = channel.ok_or_else(spent)?;
             let (parts, mut body) = request.into_parts();
             let mut data: Option<bytes::Bytes> = None;
-            while let Some(frame) =
-                std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx))
-                    .await
-            {
+            while let Some(frame) = body.frame().await {
                 // An encode error (a message over the send limit) is the
                 // call's status, as tonic's own body would make it.
                 let Ok(chunk) = frame?.into_data() else {
@@ -121,34 +117,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for OneFrame {
                     }
                 });
             }
-            let body = tonic::body::Body::new(OneChunk(data));
+            // One chunk, ended as soon as it is taken, with an exact size.
+            let body = tonic::body::Body::new(http_body_util::Full::new(data.unwrap_or_default()));
             tower::Service::call(&mut channel, http::Request::from_parts(parts, body))
                 .await
                 .map_err(Into::into)
         })
-    }
-}
-
-/// A request body of one chunk, ended as soon as the chunk is taken.
-struct OneChunk(Option<bytes::Bytes>);
-
-impl hyper::body::Body for OneChunk {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Status>>> {
-        Poll::Ready(self.0.take().map(|data| Ok(hyper::body::Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.0.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
 
