@@ -321,7 +321,7 @@ impl Balancer {
         let mut endpoint = endpoint
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)
-            .max_frame_size(crate::server::MAX_FRAME_SIZE);
+            .max_frame_size(self.target.limits.frame_size());
         if self.config.keepalive_ms > 0 {
             endpoint = endpoint
                 .http2_keep_alive_interval(Duration::from_millis(self.config.keepalive_ms))

@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_recv_bytes: usize,
     /// Largest message this process sends.
     pub max_send_bytes: usize,
+    /// Largest HTTP/2 frame payload this process's servers and clients
+    /// accept (`SETTINGS_MAX_FRAME_SIZE`; see
+    /// [`crate::server::DEFAULT_MAX_FRAME_BYTES`] for the trade-off).
+    pub max_frame_bytes: u32,
 }
 
 impl Default for Limits {
@@ -27,6 +31,7 @@ impl Default for Limits {
         Self {
             max_recv_bytes: 16 << 20,
             max_send_bytes: 16 << 20,
+            max_frame_bytes: crate::server::DEFAULT_MAX_FRAME_BYTES,
         }
     }
 }
@@ -45,9 +50,30 @@ impl Limits {
                 ));
             }
         }
+        // The protocol's bounds (RFC 9113, 6.5.2); h2 panics outside them.
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
+            return Err(ConfigError::new(
+                format!("{prefix}.max_frame_bytes"),
+                format!(
+                    "{} is outside HTTP/2's range {MIN_FRAME_BYTES} to {MAX_FRAME_BYTES}",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
         Ok(())
     }
+
+    /// [`Limits::max_frame_bytes`] within HTTP/2's range, for the builders
+    /// (which panic outside it) when the value skipped [`Limits::validate`].
+    pub(crate) fn frame_size(&self) -> u32 {
+        self.max_frame_bytes.clamp(MIN_FRAME_BYTES, MAX_FRAME_BYTES)
+    }
 }
+
+/// The smallest `SETTINGS_MAX_FRAME_SIZE` HTTP/2 allows (its default).
+const MIN_FRAME_BYTES: u32 = 1 << 14;
+/// The largest `SETTINGS_MAX_FRAME_SIZE` HTTP/2 allows.
+const MAX_FRAME_BYTES: u32 = (1 << 24) - 1;
 
 /// What every server adapter of a process needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,14 +22,16 @@ use crate::{Balancer, Limits, Registry, ServeOptions};
 pub const LIVENESS: &str = "liveness";
 
 /// The largest HTTP/2 frame payload a Tandem server or client accepts
-/// (`SETTINGS_MAX_FRAME_SIZE`). At the protocol's default, 16,384 bytes, a
+/// (`SETTINGS_MAX_FRAME_SIZE`) unless `process.limits.max_frame_bytes` says
+/// otherwise ([`Limits::max_frame_bytes`]). At the protocol's default, 16,384 bytes, a
 /// 16 KB user context takes two DATA frames at every hop, and h2 writes each
 /// in a syscall of its own; at 1 MiB a message of up to 1 MiB is one frame.
 /// Each end advertises it for what it receives, so both directions use it;
 /// a peer that keeps the default is sent default-sized frames. The cost is
 /// memory: a connection's read buffer holds a whole frame, so a peer can
-/// make it hold up to 1 MiB (16 KB at the default).
-pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// make it hold up to 1 MiB (16 KB at the default). A process serving many
+/// connections it does not trust can set 16,384 and pay the extra writes.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// How the server of one process behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,7 +253,7 @@ pub async fn run_with_health(
     });
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .max_frame_size(MAX_FRAME_SIZE)
+        .max_frame_size(options.limits.frame_size())
         .http2_keepalive_interval(options.keepalive)
         .http2_keepalive_timeout(options.keepalive_timeout);
     if let Some(age) = options.max_connection_age {

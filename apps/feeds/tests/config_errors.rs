@@ -172,6 +172,22 @@ fn invalid_concurrency_values() {
     assert_rejected("[limits.recall]\nqueue = 4\n", "queue");
 }
 
+/// An HTTP/2 frame size outside the protocol's range (16,384 to 16,777,215)
+/// is named by its key before anything is built.
+#[test]
+fn frame_size_outside_http2_range() {
+    for bad in ["16383", "16777216", "0"] {
+        assert_rejected(
+            &format!("[process.limits]\nmax_frame_bytes = {bad}\n"),
+            "process.limits.max_frame_bytes",
+        );
+    }
+    assert_rejected(
+        "[process.limits]\nmax_frame_bytes = -1\n",
+        "max_frame_bytes",
+    );
+}
+
 /// Shadow, recording and rollout sections: a bad value is named by its key.
 #[test]
 fn invalid_shadow_record_and_rollout_values() {
