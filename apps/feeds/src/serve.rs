@@ -147,7 +147,7 @@ pub async fn run(
 }
 
 /// As [`run`], and on every SIGHUP: loads the config again with `reload`
-/// and applies its routes and pools (see [`wiring::reload`]). A config
+/// and applies its routes and pools (see `wiring::reload`). A config
 /// that does not load or apply is refused naming the key, and the running
 /// tables keep serving. `feeds_route_reloads_total{result}` counts both.
 pub async fn run_reloading<F>(

@@ -105,7 +105,7 @@ impl<S> Deadline<S> {
     /// The check this layer makes, on its own: `Err` when the deadline of
     /// `cx` has passed (`now`, if the caller already read the clock).
     /// Bounded by a timer above (see [`crate::Cx::assume_bounded`]), the
-    /// clock read is [`coarse_now`].
+    /// clock read is `coarse_now`.
     #[inline(always)]
     pub fn check(&self, cx: &crate::Cx, now: Option<Instant>) -> Result<(), Status> {
         let Some(deadline) = cx.deadline() else {

@@ -156,7 +156,7 @@ pub struct Episode {
     pub fault_ms: f64,
     /// When the process was seen gone (kill, term).
     pub gone_ms: Option<f64>,
-    /// When it was undone (see [`Timeline::undone_ms`]).
+    /// When it was undone (see `Timeline::undone_ms`).
     pub undone_ms: f64,
     /// When the replica reported SERVING afterwards.
     pub serving_ms: f64,
