@@ -19,8 +19,15 @@ pub struct Limits {
     /// Largest message this process sends.
     pub max_send_bytes: usize,
     /// Largest HTTP/2 frame payload this process's servers and clients
-    /// accept (`SETTINGS_MAX_FRAME_SIZE`; see
-    /// [`crate::server::DEFAULT_MAX_FRAME_BYTES`] for the trade-off).
+    /// accept (`SETTINGS_MAX_FRAME_SIZE`), 1 MiB unless set. At the
+    /// protocol's default, 16,384 bytes, a 16 KB user context takes two DATA
+    /// frames at every hop, and h2 writes each in a syscall of its own; at
+    /// 1 MiB a message of up to 1 MiB is one frame. Each end advertises it
+    /// for what it receives, so both directions use it; a peer that keeps
+    /// the default is sent default-sized frames. The cost is memory: a
+    /// connection's read buffer holds a whole frame, so a peer can make it
+    /// hold up to this much. A process serving many connections it does not
+    /// trust can set 16,384 and pay the extra writes.
     pub max_frame_bytes: u32,
 }
 
@@ -31,7 +38,7 @@ impl Default for Limits {
         Self {
             max_recv_bytes: 16 << 20,
             max_send_bytes: 16 << 20,
-            max_frame_bytes: crate::server::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: 1 << 20,
         }
     }
 }

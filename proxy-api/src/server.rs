@@ -21,18 +21,6 @@ use crate::{Balancer, Limits, Registry, ServeOptions};
 /// use it; readiness uses `""`.
 pub const LIVENESS: &str = "liveness";
 
-/// The largest HTTP/2 frame payload a Tandem server or client accepts
-/// (`SETTINGS_MAX_FRAME_SIZE`) unless `process.limits.max_frame_bytes` says
-/// otherwise ([`Limits::max_frame_bytes`]). At the protocol's default, 16,384 bytes, a
-/// 16 KB user context takes two DATA frames at every hop, and h2 writes each
-/// in a syscall of its own; at 1 MiB a message of up to 1 MiB is one frame.
-/// Each end advertises it for what it receives, so both directions use it;
-/// a peer that keeps the default is sent default-sized frames. The cost is
-/// memory: a connection's read buffer holds a whole frame, so a peer can
-/// make it hold up to 1 MiB (16 KB at the default). A process serving many
-/// connections it does not trust can set 16,384 and pay the extra writes.
-pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 20;
-
 /// How the server of one process behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {

@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use feeds::{Config, Plan};
+use feeds::Config;
 use proxy_api::Stage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,20 +64,13 @@ async fn server_advertises(addr: SocketAddr) -> u32 {
     advertised(&mut stream, false).await
 }
 
-/// A config hosting `stages` on `listen`, its next stage at `next`, with
-/// `frame` as `process.limits.max_frame_bytes` when set.
-fn config(
-    stages: &[Stage],
-    listen: SocketAddr,
-    next: Option<(Stage, SocketAddr)>,
-    frame: Option<u32>,
-) -> (Config, Plan) {
-    let (mut config, _) = common::config_for(stages, listen, &next.into_iter().collect::<Vec<_>>());
-    if let Some(frame) = frame {
-        config.process.limits.max_frame_bytes = frame;
+/// Sets `process.limits.max_frame_bytes` to `frame` when there is one.
+fn frame_size(frame: Option<u32>) -> impl Fn(&mut Config) {
+    move |config| {
+        if let Some(frame) = frame {
+            config.process.limits.max_frame_bytes = frame;
+        }
     }
-    let plan = config.validate().expect("valid config");
-    (config, plan)
 }
 
 #[tokio::test]
@@ -95,7 +88,8 @@ async fn server_and_client_advertise_the_configured_frame_size() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let front = [Stage::Business, Stage::Split];
-        let (config, plan) = config(&front, addr, Some((Stage::Rerank, down_addr)), frame);
+        let remotes = [(Stage::Rerank, down_addr)];
+        let (config, plan) = common::config_with(&front, addr, &remotes, frame_size(frame));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             feeds::run(&config, &plan, listener, async {
@@ -133,39 +127,14 @@ async fn server_and_client_advertise_the_configured_frame_size() {
     }
 }
 
-/// The stages one process hosts, and its next stage and where it is.
-type Group<'a> = (&'a [Stage], Option<(Stage, SocketAddr)>);
-
 /// The three-process chain (front, ranking, recall) at `frame`.
 async fn chain(frame: Option<u32>) -> common::InProcess {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr"))
-        .collect();
-    let groups: [Group; 3] = [
-        (
-            &[Stage::Business, Stage::Split],
-            Some((Stage::Rerank, addrs[1])),
-        ),
-        (
-            &[Stage::Rerank, Stage::FineRank],
-            Some((Stage::Recall, addrs[2])),
-        ),
-        (&[Stage::Recall], None),
+    let groups: [&[Stage]; 3] = [
+        &[Stage::Business, Stage::Split],
+        &[Stage::Rerank, Stage::FineRank],
+        &[Stage::Recall],
     ];
-    let servers = groups
-        .iter()
-        .zip(addrs.iter().zip(listeners))
-        .map(|((stages, next), (addr, listener))| {
-            let (config, plan) = config(stages, *addr, *next, frame);
-            (config, plan, listener)
-        })
-        .collect();
-    common::spawn_servers(servers).await
+    common::serve_groups_with(&groups, frame_size(frame)).await
 }
 
 #[tokio::test]

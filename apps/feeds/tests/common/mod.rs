@@ -200,6 +200,19 @@ pub fn config_for(
     (config, plan)
 }
 
+/// As [`config_for`], the config adjusted by `tweak` before it is checked.
+pub fn config_with(
+    stages: &[Stage],
+    listen: SocketAddr,
+    remotes: &[(Stage, SocketAddr)],
+    tweak: impl FnOnce(&mut Config),
+) -> (Config, Plan) {
+    let (mut config, _) = config_for(stages, listen, remotes);
+    tweak(&mut config);
+    let plan = config.validate().expect("test config is valid");
+    (config, plan)
+}
+
 /// Servers started in this process; dropping it stops them.
 pub struct InProcess {
     pub addrs: Vec<SocketAddr>,
@@ -221,6 +234,11 @@ impl InProcess {
 /// Starts one server per group of stages, each on its own loopback port,
 /// every group's downstream bound over gRPC to the next group.
 pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
+    serve_groups_with(groups, |_| {}).await
+}
+
+/// As [`serve_groups`], every process's config adjusted by `tweak`.
+pub async fn serve_groups_with(groups: &[&[Stage]], tweak: impl Fn(&mut Config)) -> InProcess {
     let mut listeners = Vec::new();
     for _ in groups {
         listeners.push(
@@ -239,7 +257,7 @@ pub async fn serve_groups(groups: &[&[Stage]]) -> InProcess {
             .get(i + 1)
             .map(|next| vec![(next[0], addrs[i + 1])])
             .unwrap_or_default();
-        let (config, plan) = config_for(group, addrs[i], &remotes);
+        let (config, plan) = config_with(group, addrs[i], &remotes, &tweak);
         servers.push((config, plan, listener));
     }
     spawn_servers(servers).await
@@ -251,9 +269,7 @@ pub async fn serve_monolith(tweak: impl FnOnce(&mut Config)) -> InProcess {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (mut config, _) = config_for(&Stage::ALL, addr, &[]);
-    tweak(&mut config);
-    let plan = config.validate().expect("test config is valid");
+    let (config, plan) = config_with(&Stage::ALL, addr, &[], tweak);
     spawn_servers(vec![(config, plan, listener)]).await
 }
 
