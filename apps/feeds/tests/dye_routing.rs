@@ -85,7 +85,8 @@ async fn setup() -> Setup {
 }
 
 /// Sends `n` valid requests to `addr` with `headers`; returns how many succeeded
-/// and the `served by` path of the last one.
+/// and the `served by` path of the last one. Panics, naming the status, if
+/// any fails: every call here is one that must succeed.
 async fn send(
     addr: SocketAddr,
     n: usize,
@@ -110,14 +111,17 @@ async fn send(
                 .metadata_mut()
                 .insert(*k, MetadataValue::from_static(v));
         }
-        if let Ok(response) = client.get_feed(request).await {
-            ok += 1;
-            path = response
-                .metadata()
-                .get("x-tandem-path")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+        match client.get_feed(request).await {
+            Ok(response) => {
+                ok += 1;
+                path = response
+                    .metadata()
+                    .get("x-tandem-path")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            Err(status) => panic!("request {i} to {addr} with {headers:?} failed: {status:?}"),
         }
     }
     (ok, path)

@@ -344,12 +344,25 @@ pub async fn over_grpc_with(
     (remote, server)
 }
 
-/// A loopback address nobody listens on (yet).
+/// A loopback address nobody listens on (yet), never one this test binary
+/// was handed before. The OS may give a port it just gave again once the
+/// probe listener is closed, and a test that starts two processes on the same
+/// port would find the first one answering for the second, which could not
+/// bind.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        if !handed.contains(&addr.port()) {
+            handed.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("no loopback port not handed out before in 1000 tries");
 }
 
 /// A `feeds serve` OS process started from a TOML config; killed if dropped
