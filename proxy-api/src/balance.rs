@@ -333,7 +333,7 @@ impl Balancer {
             channel: match &self.config.tls {
                 // The connector sets TCP_NODELAY itself.
                 Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
-                None => endpoint.connect_lazy(),
+                None => endpoint.connect_with_connector_lazy(crate::coalesce::Connector),
             },
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),

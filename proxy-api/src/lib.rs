@@ -44,11 +44,14 @@
 //!   target off the request path and compared with the served answers.
 //! - `codec`: the prost codec every generated client and server uses; counts
 //!   encodes so tests can prove the local binding never encodes.
+//! - `coalesce`: [`coalesce::Coalesce`], the connections between processes
+//!   with each call's frames written together.
 //! - `tls`: mutual TLS between processes, with certificate files reloaded
 //!   when they change.
 //! - `error`: [`RegistryError`] and [`ConfigError`].
 
 mod balance;
+pub mod coalesce;
 pub mod codec;
 pub mod context;
 pub mod diff;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -259,7 +260,9 @@ pub async fn run_with_health(
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     let server: Serving = match &options.tls {
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|tcp| tcp.map(crate::coalesce::Coalesce::new));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
         Some(tls) => {

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::Material;
+use crate::coalesce::Coalesce;
 
 #[derive(Debug)]
 struct Resolver(Arc<Material>);
@@ -155,11 +156,14 @@ pub struct Connector {
     tls: ClientTls,
 }
 
-type Connecting =
-    Pin<Box<dyn Future<Output = Result<TokioIo<TlsStream<TcpStream>>, std::io::Error>> + Send>>;
+type Connecting = Pin<
+    Box<
+        dyn Future<Output = Result<TokioIo<TlsStream<Coalesce<TcpStream>>>, std::io::Error>> + Send,
+    >,
+>;
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = TokioIo<TlsStream<Coalesce<TcpStream>>>;
     type Error = std::io::Error;
     type Future = Connecting;
 
@@ -171,21 +175,21 @@ impl tower::Service<http::Uri> for Connector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-            let host = uri
-                .host()
-                .ok_or_else(|| invalid(format!("{uri}: no host")))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
             let name = match &tls.server_name {
                 Some(name) => name.clone(),
-                None => ServerName::try_from(host.clone())
-                    .map_err(|e| invalid(format!("{host}: not a server name: {e}")))?,
+                None => {
+                    let host = uri
+                        .host()
+                        .ok_or_else(|| invalid(format!("{uri}: no host")))?
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned();
+                    ServerName::try_from(host.clone())
+                        .map_err(|e| invalid(format!("{host}: not a server name: {e}")))?
+                }
             };
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = tls.connector.connect(name, tcp).await?;
+            let tcp = crate::coalesce::connect(&uri).await?;
+            let stream = tls.connector.connect(name, Coalesce::new(tcp)).await?;
             Ok(TokioIo::new(stream))
         })
     }

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
 use super::Material;
+use crate::coalesce::Coalesce;
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,7 +137,9 @@ impl ServerTls {
         &self,
         listener: TcpListener,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    ) -> tokio_stream::wrappers::ReceiverStream<
+        Result<TlsStream<Coalesce<TcpStream>>, std::io::Error>,
+    > {
         let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
         let acceptor = self.acceptor.clone();
         tokio::spawn(async move {
@@ -157,7 +160,12 @@ impl ServerTls {
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(Coalesce::new(tcp)),
+                    )
+                    .await
+                    {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
