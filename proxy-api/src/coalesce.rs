@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn a_turns_frames_and_the_next_turns_go_out_in_one_write() {
+    fn one_turns_writes_and_the_next_turns_go_out_in_one_write() {
         let (wakes, waker) = waker();
         let mut cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(Recorder::default());
