@@ -629,6 +629,16 @@ fn never_sent(status: &Status) -> Option<NeverSent> {
         {
             return Some(NeverSent::Unreachable);
         }
+        // The endpoint's connect timeout (tonic wraps every connector in
+        // it): the connection was never made.
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == ErrorKind::TimedOut
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+        {
+            return Some(NeverSent::Unreachable);
+        }
         // hyper passes h2's I/O errors on as `io::Error`s (see below).
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && io.kind() == ErrorKind::BrokenPipe
@@ -1070,6 +1080,53 @@ mod tests {
             "marked after 100 ms"
         );
         assert_eq!(list[0].in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    /// A connect that times out (the SYN is never answered: the listener's
+    /// accept queue is full) is a call that never reached the endpoint.
+    #[tokio::test]
+    async fn a_connect_timeout_is_never_sent() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let full = socket.listen(0).expect("listen");
+        // Never accepted: once these fill the queue, new SYNs are dropped.
+        let mut filling = Vec::new();
+        for _ in 0..3 {
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                filling.push(c);
+            }
+        }
+        let config = RemoteConfig {
+            endpoints: vec![format!("http://{addr}")],
+            connect_timeout_ms: 200,
+            health_interval_ms: 60_000,
+            ..RemoteConfig::default()
+        };
+        let b = Balancer::new(Stage::Recall, &config, crate::Limits::default()).expect("balancer");
+        let list = b.snapshot();
+        let mut client =
+            tonic_health::pb::health_client::HealthClient::new(list[0].channel.clone());
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check(tonic_health::pb::HealthCheckRequest::default()),
+        )
+        .await
+        .expect("the connect timeout must end the call")
+        .expect_err("nothing accepts");
+        assert_eq!(
+            never_sent(&status),
+            Some(NeverSent::Unreachable),
+            "{status:?}"
+        );
+        drop((full, filling));
     }
 
     #[tokio::test]
