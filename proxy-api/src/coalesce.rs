@@ -15,12 +15,12 @@
 //! task yield once (it wakes itself, so it runs again after the tasks that
 //! are ready, such as that body task) before writing them. A write that
 //! would take the held bytes past [`HOLD`] goes out at once, with the held
-//! bytes before it in the same `writev`, uncopied. Netty's flush
-//! consolidation does the same for the same reason.
+//! bytes before it in the same `writev`, uncopied. (Netty's
+//! `FlushConsolidationHandler` delays flushes for the same reason.)
 //!
 //! Nothing is held past the flush after the yield: every byte h2 flushed is
-//! on the socket (or the socket is full and the task waits for it) before
-//! the connection's task next sleeps.
+//! then on the socket, or the socket is full and the task waits for it.
+//! Whatever writes through a `Coalesce` must flush (h2 and rustls do).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
