@@ -671,14 +671,6 @@ fn never_sent(status: &Status) -> Option<NeverSent> {
             // Dropped from the connection's queue before it was sent.
             return Some(NeverSent::ConnectionClosing);
         }
-        let text = e.to_string();
-        if text.contains("tcp connect error") || text.contains("connect timed out") {
-            return Some(NeverSent::Unreachable);
-        }
-        if e.downcast_ref::<tonic::transport::Error>().is_some() && text.contains("timed out") {
-            // tonic's connect_timeout: the connection was never made.
-            return Some(NeverSent::Unreachable);
-        }
         next = e.source();
     }
     None

@@ -201,13 +201,18 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
-/// A TCP connection to `uri`'s host and port (80 if none), `TCP_NODELAY` set.
-pub(crate) async fn connect(uri: &http::Uri) -> io::Result<tokio::net::TcpStream> {
-    let host = uri
+/// `uri`'s host, an IPv6 address without its brackets.
+pub(crate) fn host(uri: &http::Uri) -> io::Result<&str> {
+    Ok(uri
         .host()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?
         .trim_start_matches('[')
-        .trim_end_matches(']');
+        .trim_end_matches(']'))
+}
+
+/// A TCP connection to `uri`'s host and port (80 if none), `TCP_NODELAY` set.
+pub(crate) async fn connect(uri: &http::Uri) -> io::Result<tokio::net::TcpStream> {
+    let host = host(uri)?;
     let port = uri.port_u16().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;

@@ -178,12 +178,7 @@ impl tower::Service<http::Uri> for Connector {
             let name = match &tls.server_name {
                 Some(name) => name.clone(),
                 None => {
-                    let host = uri
-                        .host()
-                        .ok_or_else(|| invalid(format!("{uri}: no host")))?
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned();
+                    let host = crate::coalesce::host(&uri)?.to_owned();
                     ServerName::try_from(host.clone())
                         .map_err(|e| invalid(format!("{host}: not a server name: {e}")))?
                 }
